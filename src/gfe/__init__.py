@@ -1,0 +1,17 @@
+"""gfe: Gradient Flow Encoding, an autoencoder without an encoder.
+
+A sample is encoded by integrating a gradient flow of the reconstruction loss in
+latent space against a decoder; the decoder is trained on those latents.
+"""
+
+from .encode import Encoding, FlowEncoder, encode
+from .errors import ConfigError, DataError, GFEError, ModelFileError
+from .models import Conv1dDecoder, Conv2dDecoder, MLPDecoder
+from .persist import load_model, save_model
+from .solvers import Status
+
+__all__ = [
+    "ConfigError", "Conv1dDecoder", "Conv2dDecoder", "DataError", "Encoding", "FlowEncoder",
+    "GFEError", "MLPDecoder", "ModelFileError", "Status", "encode", "load_model", "save_model",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,201 @@
+"""`encode`: the one entry point that turns `(decoder, x)` into latents plus statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ConfigError, DataError
+from .flows import make_flow
+from .losses import Loss
+from .objective import Objective
+from .solvers import SOLVERS, AMDOptions, Status, StopRule, solve_amd, solve_dopri5, solve_fixed
+
+SOLVER_OPTIONS = {
+    "amd": {f.name for f in fields(AMDOptions)},
+    "euler": {"dt"},
+    "rk4": {"dt"},
+    "dopri5": {"rtol", "atol", "dt0", "max_rejects"},
+}
+
+
+@dataclass
+class Encoding:
+    """Latents and per-sample statistics of one `encode` call.
+
+    `steps` counts accepted steps and `nfe` decoder evaluations (each a forward
+    plus a vector-Jacobian product); `status` holds `Status` codes.
+    """
+
+    z: torch.Tensor
+    loss: torch.Tensor
+    steps: torch.Tensor
+    nfe: torch.Tensor
+    status: torch.Tensor
+    t: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.z.shape[0]
+
+    @property
+    def status_labels(self) -> list[str]:
+        return [Status(int(s)).label for s in self.status]
+
+    def status_counts(self) -> dict[str, int]:
+        codes, counts = torch.unique(self.status, return_counts=True)
+        return {Status(int(c)).label: int(n) for c, n in zip(codes, counts)}
+
+    def summary(self) -> dict:
+        return {
+            "samples": len(self),
+            "mean_loss": float(self.loss.mean()),
+            "mean_steps": float(self.steps.float().mean()),
+            "mean_nfe": float(self.nfe.float().mean()),
+            "status": self.status_counts(),
+        }
+
+    @staticmethod
+    def concat(parts: list["Encoding"]) -> "Encoding":
+        return Encoding(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Encoding)))
+
+
+class FlowEncoder:
+    """Encoding settings bound to a decoder: checked once, then called per batch.
+
+    `encode` is the one-shot form; the trainer keeps one of these so the hot loop
+    does no validation. Options are as for `encode`.
+    """
+
+    def __init__(
+        self,
+        decoder: nn.Module,
+        *,
+        flow: str = "first",
+        solver: str = "amd",
+        loss: str | Loss = "bce",
+        alpha: float = 1.0,
+        tau: float = 1e4,
+        max_steps: int = 10_000,
+        gtol: float = 1e-5,
+        ftol: float = 0.0,
+        penalty: str | None = None,
+        penalty_weight: float = 0.0,
+        chunk_size: int = 4096,
+        **solver_options,
+    ):
+        if solver not in SOLVERS:
+            raise ConfigError(f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}")
+        unknown = set(solver_options) - SOLVER_OPTIONS[solver]
+        if unknown:
+            raise ConfigError(
+                f"solver {solver!r} has no option(s) {', '.join(sorted(unknown))}; "
+                f"it accepts {', '.join(sorted(SOLVER_OPTIONS[solver]))}"
+            )
+        if not (tau > 0 and max_steps >= 0 and gtol >= 0 and ftol >= 0 and chunk_size >= 1):
+            raise ConfigError(
+                f"need tau > 0, chunk_size >= 1 and max_steps, gtol, ftol >= 0; "
+                f"got tau={tau}, chunk_size={chunk_size}, max_steps={max_steps}, gtol={gtol}, ftol={ftol}"
+            )
+        self.decoder = decoder
+        self.loss = loss if isinstance(loss, Loss) else Loss(loss, penalty, penalty_weight)
+        self.flow = make_flow(flow, decoder.latent_dim, alpha)
+        self.rule = StopRule(tau=tau, max_steps=max_steps, gtol=gtol, ftol=ftol)
+        self.objective = Objective(decoder, self.loss)
+        self.chunk_size = chunk_size
+        self._run = _solver(solver, solver_options)
+
+    def __call__(self, x: torch.Tensor, z0: torch.Tensor, weights: torch.Tensor | None = None) -> Encoding:
+        """Encode a validated batch `x` from latents `z0` (tensors on the decoder's device)."""
+        parts = []
+        for lo in range(0, x.shape[0], self.chunk_size):
+            sl = slice(lo, lo + self.chunk_size)
+            w = weights[sl] if (weights is not None and weights.dim() == x.dim()) else weights
+            res = self._run(self.objective, self.flow, x[sl], w, self.flow.initial_state(z0[sl]), self.rule)
+            parts.append(Encoding(self.flow.latent(res.y), res.loss, res.steps, res.nfe, res.status, res.t))
+        return Encoding.concat(parts)
+
+
+def encode(
+    decoder: nn.Module,
+    x,
+    *,
+    flow: str = "first",
+    solver: str = "amd",
+    loss: str | Loss = "bce",
+    z0=None,
+    seed: int | None = None,
+    init_scale: float = 1.0,
+    weights=None,
+    **options,
+) -> Encoding:
+    """Encode `x` (shape (N, *decoder.out_shape)) by integrating a gradient flow.
+
+    `flow` is "first" or "nesterov"; `solver` is "amd", "euler", "rk4" or "dopri5";
+    `loss` is "bce" (data in [0, 1], decoder gives logits), "mse" or "poisson"
+    (counts, decoder gives log-rates). The start is `z0 = 0` unless `z0` is given
+    (an (N, d) array) or `seed` is set (then `z0 ~ N(0, init_scale²)`, reproducible).
+    `weights` (feature shape, or one row per sample) weight or mask features.
+
+    Other options: alpha (flow speed), tau (final time), max_steps, gtol (gradient
+    norm at which a sample has converged), ftol (relative loss decrease per step
+    that counts as a plateau; 0 = off), penalty ("l2"/"l1") and penalty_weight,
+    chunk_size (samples per solver call; results do not depend on it), and solver
+    options: AMD {h0, h_max, shrink, grow, max_shrinks, sigma}; Euler/RK4 {dt};
+    dopri5 {rtol, atol, dt0, max_rejects}.
+    """
+    encoder = FlowEncoder(decoder, flow=flow, solver=solver, loss=loss, **options)
+    param = next(decoder.parameters())
+    x = _as_batch(decoder, x, encoder.loss.name, param)
+    start = _start(z0, seed, init_scale, x.shape[0], decoder.latent_dim, param)
+    return encoder(x, start, _weights(weights, x, param))
+
+
+def _solver(name: str, options: dict):
+    if name == "amd":
+        amd = AMDOptions(**options)
+        return lambda *args: solve_amd(*args, options=amd)
+    if name == "dopri5":
+        return lambda *args: solve_dopri5(*args, **options)
+    return lambda *args: solve_fixed(*args, method=name, **options)
+
+
+def _as_batch(decoder: nn.Module, x, loss: str, like: torch.Tensor) -> torch.Tensor:
+    """Validate data and bring it to the decoder's dtype and device."""
+    from .data import validate_data
+
+    array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    dtype = np.float64 if like.dtype == torch.float64 else np.float32
+    array = validate_data(array, feature_shape=tuple(decoder.out_shape), loss=loss, dtype=dtype)
+    return torch.from_numpy(array).to(device=like.device, dtype=like.dtype)
+
+
+def _start(z0, seed, scale, n, d, like) -> torch.Tensor:
+    if z0 is not None:
+        start = torch.as_tensor(np.asarray(z0) if not isinstance(z0, torch.Tensor) else z0)
+        if start.shape != (n, d):
+            raise DataError(f"z0 has shape {tuple(start.shape)}; expected ({n}, {d}) (samples, latent_dim)")
+        if not torch.isfinite(start).all():
+            raise DataError("z0 contains NaN or infinite values")
+        return start.to(device=like.device, dtype=like.dtype)
+    if seed is None:
+        return like.new_zeros((n, d))
+    gen = torch.Generator().manual_seed(seed)
+    return (scale * torch.randn((n, d), generator=gen, dtype=torch.float64)).to(like.device, like.dtype)
+
+
+def _weights(weights, x: torch.Tensor, like: torch.Tensor):
+    if weights is None:
+        return None
+    w = torch.as_tensor(np.asarray(weights) if not isinstance(weights, torch.Tensor) else weights)
+    w = w.to(device=like.device, dtype=like.dtype)
+    if w.shape not in (x.shape[1:], x.shape):
+        raise DataError(
+            f"weights have shape {tuple(w.shape)}; expected the feature shape {tuple(x.shape[1:])} "
+            f"or one row per sample {tuple(x.shape)}"
+        )
+    if not torch.isfinite(w).all() or (w < 0).any():
+        raise DataError("weights must be finite and non-negative")
+    return w

@@ -1,0 +1,263 @@
+"""Decoders, the autoencoder baseline's encoders, and the registry that rebuilds them.
+
+A model file names its architecture by a registry key ("mlp", "conv1d", "conv2d")
+plus constructor arguments, never by an import path, so loading a model cannot run
+arbitrary code. Decoders map `(B, latent_dim)` to `(B, *out_shape)` and return raw
+values (logits, log-rates): the loss applies the link. No layer uses batch
+statistics, so a sample's output depends on its own latent only, which the
+per-sample encoding guarantees rely on.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from numbers import Integral
+
+from torch import Tensor, nn
+
+from .errors import ConfigError
+
+ACTIVATIONS = {
+    "elu": nn.ELU,
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "softplus": nn.Softplus,
+    "silu": nn.SiLU,
+}
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d}
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer; got {value!r}")
+    return int(value)
+
+
+def _int_tuple(name: str, value, *, allow_empty: bool = False) -> tuple[int, ...]:
+    """Normalise an int or a sequence of ints (JSON gives lists) to a tuple."""
+    if isinstance(value, Integral) and not isinstance(value, bool):
+        value = (value,)
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ConfigError(f"{name} must be a sequence of positive integers; got {value!r}")
+    result = tuple(_positive_int(f"every entry of {name}", v) for v in value)
+    if not result and not allow_empty:
+        raise ConfigError(f"{name} must not be empty")
+    return result
+
+
+def _activation(name) -> type[nn.Module]:
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def _mlp(sizes: list[int], activation: type[nn.Module]) -> nn.Sequential:
+    """Linear layers with `activation` between them and none after the last."""
+    layers: list[nn.Module] = []
+    for n_in, n_out in zip(sizes, sizes[1:]):
+        layers += [nn.Linear(n_in, n_out), activation()]
+    return nn.Sequential(*layers[:-1])
+
+
+class _Configurable(nn.Module):
+    """A module that can describe itself as a JSON config its registry can rebuild."""
+
+    kind: str  # registry key
+
+    def _remember(self, **arguments) -> None:
+        self._arguments = arguments
+
+    def config(self) -> dict:
+        """JSON-serialisable constructor arguments plus the registry `"type"`."""
+        return {"type": self.kind, **copy.deepcopy(self._arguments)}
+
+
+class MLPDecoder(_Configurable):
+    """Fully connected decoder: latent -> hidden layers -> prod(out_shape)."""
+
+    kind = "mlp"
+
+    def __init__(self, latent_dim: int, out_shape, hidden=(150, 300, 600), activation: str = "elu"):
+        super().__init__()
+        self.latent_dim = _positive_int("latent_dim", latent_dim)
+        self.out_shape = _int_tuple("out_shape", out_shape)
+        self.hidden = _int_tuple("hidden", hidden, allow_empty=True)
+        sizes = [self.latent_dim, *self.hidden, math.prod(self.out_shape)]
+        self.net = _mlp(sizes, _activation(activation))
+        self._remember(latent_dim=self.latent_dim, out_shape=list(self.out_shape),
+                       hidden=list(self.hidden), activation=activation)
+
+    @classmethod
+    def mnist(cls) -> MLPDecoder:
+        """The paper's MNIST decoder: 20 -> 150 -> 300 -> 600 -> 784 with ELU."""
+        return cls(20, (28, 28))
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z).reshape(z.shape[0], *self.out_shape)
+
+
+class MLPEncoder(_Configurable):
+    """The autoencoder's encoder mirroring an `MLPDecoder` (hidden sizes reversed)."""
+
+    kind = "mlp"
+
+    def __init__(self, latent_dim: int, in_shape, hidden=(150, 300, 600), activation: str = "elu"):
+        super().__init__()
+        self.latent_dim = _positive_int("latent_dim", latent_dim)
+        self.in_shape = _int_tuple("in_shape", in_shape)
+        self.hidden = _int_tuple("hidden", hidden, allow_empty=True)
+        sizes = [math.prod(self.in_shape), *reversed(self.hidden), self.latent_dim]
+        self.net = _mlp(sizes, _activation(activation))
+        self._remember(latent_dim=self.latent_dim, in_shape=list(self.in_shape),
+                       hidden=list(self.hidden), activation=activation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.flatten(1))
+
+
+def _conv_layout(name: str, shape: tuple[int, ...], dims: int, n_stages: int):
+    """Split a `(*spatial)` or `(C, *spatial)` shape and size the seed map.
+
+    The decoder starts from a map of size `ceil(n / 2**n_stages)` per axis and
+    doubles it `n_stages` times, then crops; the encoder's stride-2 convolutions
+    bring any input back down to exactly that seed size.
+    """
+    if len(shape) not in (dims, dims + 1):
+        axes = {1: "L", 2: "H, W"}[dims]
+        raise ConfigError(
+            f"{name} for a {dims}-D convolutional model must be ({axes}) or (C, {axes}); "
+            f"got {shape}")
+    channels = shape[0] if len(shape) > dims else 1
+    spatial_shape = shape[-dims:]
+    seed = tuple(-(-n // 2**n_stages) for n in spatial_shape)
+    return channels, spatial_shape, seed
+
+
+class _ConvDecoder(_Configurable):
+    """Linear layer to a small seed map, then (upsample x2, conv) stages, a final
+    conv to the data's channels, and a crop to the exact size."""
+
+    dims: int
+
+    def __init__(self, latent_dim: int, out_shape, channels=(64, 32, 16), activation: str = "elu"):
+        super().__init__()
+        self.latent_dim = _positive_int("latent_dim", latent_dim)
+        self.out_shape = _int_tuple("out_shape", out_shape)
+        self.channels = _int_tuple("channels", channels)
+        act, conv = _activation(activation), _CONV[self.dims]
+        data_channels, spatial, self._seed = _conv_layout(
+            "out_shape", self.out_shape, self.dims, len(self.channels) - 1)
+        self._crop = (Ellipsis, *(slice(0, n) for n in spatial))
+        self.project = nn.Linear(self.latent_dim, self.channels[0] * math.prod(self._seed))
+        layers: list[nn.Module] = [act()]
+        for c_in, c_out in zip(self.channels, self.channels[1:]):
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"),
+                       conv(c_in, c_out, 3, padding=1), act()]
+        layers.append(conv(self.channels[-1], data_channels, 3, padding=1))
+        self.body = nn.Sequential(*layers)
+        self._remember(latent_dim=self.latent_dim, out_shape=list(self.out_shape),
+                       channels=list(self.channels), activation=activation)
+
+    def forward(self, z: Tensor) -> Tensor:
+        seed = self.project(z).reshape(z.shape[0], self.channels[0], *self._seed)
+        return self.body(seed)[self._crop].reshape(z.shape[0], *self.out_shape)
+
+
+class _ConvEncoder(_Configurable):
+    """Mirror of `_ConvDecoder`: conv from the data's channels, stride-2 conv
+    stages down to the seed size, then a linear layer to the latent."""
+
+    dims: int
+
+    def __init__(self, latent_dim: int, in_shape, channels=(64, 32, 16), activation: str = "elu"):
+        super().__init__()
+        self.latent_dim = _positive_int("latent_dim", latent_dim)
+        self.in_shape = _int_tuple("in_shape", in_shape)
+        self.channels = _int_tuple("channels", channels)
+        act, conv = _activation(activation), _CONV[self.dims]
+        data_channels, self._spatial, seed = _conv_layout(
+            "in_shape", self.in_shape, self.dims, len(self.channels) - 1)
+        self._data_channels = data_channels
+        layers: list[nn.Module] = [conv(data_channels, self.channels[-1], 3, padding=1), act()]
+        for c_out, c_in in reversed(list(zip(self.channels, self.channels[1:]))):
+            layers += [conv(c_in, c_out, 3, stride=2, padding=1), act()]
+        layers += [nn.Flatten(), nn.Linear(self.channels[0] * math.prod(seed), self.latent_dim)]
+        self.net = nn.Sequential(*layers)
+        self._remember(latent_dim=self.latent_dim, in_shape=list(self.in_shape),
+                       channels=list(self.channels), activation=activation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.reshape(x.shape[0], self._data_channels, *self._spatial))
+
+
+class Conv1dDecoder(_ConvDecoder):
+    """Decoder for 1-D signals, `out_shape` (L,) or (C, L)."""
+
+    kind, dims = "conv1d", 1
+
+
+class Conv2dDecoder(_ConvDecoder):
+    """Decoder for 2-D maps, `out_shape` (H, W) or (C, H, W)."""
+
+    kind, dims = "conv2d", 2
+
+
+class Conv1dEncoder(_ConvEncoder):
+    """Encoder mirroring `Conv1dDecoder`."""
+
+    kind, dims = "conv1d", 1
+
+
+class Conv2dEncoder(_ConvEncoder):
+    """Encoder mirroring `Conv2dDecoder`."""
+
+    kind, dims = "conv2d", 2
+
+
+DECODERS: dict[str, type[nn.Module]] = {
+    cls.kind: cls for cls in (MLPDecoder, Conv1dDecoder, Conv2dDecoder)}
+ENCODERS: dict[str, type[nn.Module]] = {
+    cls.kind: cls for cls in (MLPEncoder, Conv1dEncoder, Conv2dEncoder)}
+
+
+def _build(registry: dict, config, what: str) -> nn.Module:
+    if not isinstance(config, dict) or not isinstance(config.get("type"), str):
+        raise ConfigError(f"a {what} config must be a dict with a string 'type'; got {config!r}")
+    arguments = dict(config)
+    kind = arguments.pop("type")
+    if kind not in registry:
+        raise ConfigError(f"unknown {what} type {kind!r}; known types: {sorted(registry)}")
+    try:
+        return registry[kind](**arguments)
+    except TypeError as err:  # missing or unexpected keyword arguments
+        raise ConfigError(f"bad arguments for {what} type {kind!r}: {err}") from err
+
+
+def build_decoder(config: dict) -> nn.Module:
+    """Rebuild a decoder (with fresh weights) from its `config()`."""
+    return _build(DECODERS, config, "decoder")
+
+
+def build_encoder_from_config(config: dict) -> nn.Module:
+    """Rebuild an encoder (with fresh weights) from its `config()`."""
+    return _build(ENCODERS, config, "encoder")
+
+
+def build_encoder(decoder: nn.Module) -> nn.Module:
+    """The autoencoder baseline's encoder, mirroring `decoder`'s architecture."""
+    config = decoder.config() if hasattr(decoder, "config") else {}
+    if config.get("type") not in ENCODERS:
+        raise ConfigError(
+            f"no mirrored encoder for {type(decoder).__name__}; known decoder types: {sorted(DECODERS)}")
+    config["in_shape"] = config.pop("out_shape")
+    return build_encoder_from_config(config)
+
+
+def default_decoder(out_shape, latent_dim: int) -> nn.Module:
+    """The decoder used when the user picks none: the paper's MLP (hidden 150, 300,
+    600, ELU) on the flattened features, whatever their shape. It is the
+    architecture with measured anchors and suits small 1-D and 2-D data; choose a
+    convolutional decoder for large maps."""
+    return MLPDecoder(latent_dim, out_shape)

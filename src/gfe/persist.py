@@ -1,0 +1,238 @@
+"""Model directories (safetensors weights + JSON config) and atomic file writes.
+
+A model directory holds `weights.safetensors` and `config.json`. The config
+names architectures by registry key and records the weights' SHA-256, so
+loading never runs code (no pickle, no `torch.load`) and a modified or
+truncated weights file is caught before use. Every file is written to a
+temporary sibling and renamed into place, so a crash never leaves a
+half-written file under the real name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import safetensors
+import safetensors.torch
+import torch
+from torch import nn
+
+from .errors import ConfigError, ModelFileError
+from .models import DECODERS, ENCODERS, build_decoder, build_encoder_from_config
+
+FORMAT = "gfe-model"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "weights.safetensors"
+CONFIG_FILE = "config.json"
+_REQUIRED_KEYS = ("format", "format_version", "decoder", "encoder", "settings", "weights_sha256")
+
+# mkstemp creates files readable by the owner only; give replaced files the
+# permissions an ordinary open() would. Read once: os.umask can only be read by
+# setting it, which is not thread-safe.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename durable; POSIX only (Windows cannot open directories)."""
+    if os.name == "posix":
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path) -> Iterator[Path]:
+    """Yield a temporary path next to `path` for any writer (h5py, numpy...).
+
+    On success the file is fsynced and renamed over `path`; if the block raises,
+    the temporary file is removed and an existing `path` is left untouched. The
+    temporary name keeps the suffix, since writers such as `np.save` append one
+    otherwise.
+    """
+    path = Path(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    temporary = Path(name)
+    try:
+        yield temporary
+        with open(temporary, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(temporary, 0o666 & ~_UMASK)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Replace `path` with `data` atomically."""
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data)
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Replace `path` with UTF-8 `text` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def file_sha256(path) -> str:
+    """Hex SHA-256 of a file, read in chunks so large files need little memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _gfe_version() -> str:
+    try:
+        return metadata.version("gfe")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _registered_config(module: nn.Module, registry: dict, what: str) -> dict:
+    """The module's config, refusing modules the registry could not rebuild."""
+    config = module.config() if hasattr(module, "config") else None
+    if not isinstance(config, dict) or registry.get(config.get("type")) is not type(module):
+        raise ConfigError(
+            f"cannot save {what} {type(module).__name__}: only registered types "
+            f"{sorted(registry)} can be saved, so that loading never imports code")
+    return config
+
+
+def save_model(directory, decoder: nn.Module, *, settings: dict, encoder: nn.Module | None = None) -> Path:
+    """Write `decoder` (and `encoder`) with the `settings` used to train them.
+
+    The weights go first and the config, which holds their digest, last: a
+    directory whose config is in place is complete. Returns the directory.
+    """
+    if not isinstance(settings, dict):
+        raise ConfigError(f"settings must be a dict; got {type(settings).__name__}")
+    try:
+        json.dumps(settings, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"settings must be JSON-serialisable (no NaN or inf): {err}") from err
+    modules = {"decoder": decoder} if encoder is None else {"decoder": decoder, "encoder": encoder}
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "gfe_version": _gfe_version(),
+        "decoder": _registered_config(decoder, DECODERS, "decoder"),
+        "encoder": None if encoder is None else _registered_config(encoder, ENCODERS, "encoder"),
+        "settings": settings,
+    }
+    tensors = {
+        f"{part}.{name}": tensor.detach().to("cpu", torch.float32).contiguous()
+        for part, module in modules.items()
+        for name, tensor in module.state_dict().items()
+    }
+    weights = safetensors.torch.save(tensors, metadata={"format": "pt"})
+    config["weights_sha256"] = hashlib.sha256(weights).hexdigest()
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(directory / WEIGHTS_FILE, weights)
+    atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2, allow_nan=False) + "\n")
+    return directory
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """What `load_model` returns: float32 modules in eval mode plus the records."""
+
+    decoder: nn.Module
+    encoder: nn.Module | None
+    settings: dict
+    config: dict
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelFileError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(config, dict):
+        raise ModelFileError(f"{path} must hold a JSON object; got {type(config).__name__}")
+    missing = [key for key in _REQUIRED_KEYS if key not in config]
+    if missing:
+        raise ModelFileError(f"{path} lacks the keys {missing}")
+    if config["format"] != FORMAT:
+        raise ModelFileError(f"{path} is not a gfe model: format is {config['format']!r}, not {FORMAT!r}")
+    if config["format_version"] != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path} has format_version {config['format_version']!r}; this gfe reads {FORMAT_VERSION}")
+    if not isinstance(config["settings"], dict):
+        raise ModelFileError(f"{path}: settings must be a JSON object")
+    return config
+
+
+def _build(builder, config, what: str, path: Path) -> nn.Module:
+    try:
+        return builder(config)
+    except ConfigError as err:
+        raise ModelFileError(f"{path} describes a {what} gfe cannot build: {err}") from err
+
+
+def _load_weights(module: nn.Module, tensors: dict, what: str, path: Path) -> None:
+    """Load tensors into `module`, naming every missing, extra or misshapen one."""
+    expected = module.state_dict()
+    problems = [f"missing {what}.{name}" for name in expected if name not in tensors]
+    problems += [f"unexpected {what}.{name}" for name in tensors if name not in expected]
+    problems += [
+        f"{what}.{name} has shape {tuple(tensors[name].shape)}, expected {tuple(tensor.shape)}"
+        for name, tensor in expected.items()
+        if name in tensors and tensors[name].shape != tensor.shape
+    ]
+    if problems:
+        raise ModelFileError(f"{path} does not match the architecture in {CONFIG_FILE}: " + "; ".join(problems))
+    module.load_state_dict({name: tensor.float() for name, tensor in tensors.items()})
+
+
+def load_model(directory) -> LoadedModel:
+    """Read a model directory written by `save_model`, verifying it first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ModelFileError(f"no model directory at {directory}")
+    config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise ModelFileError(f"{directory} has no {path.name}; is it a gfe model directory?")
+    config = _read_config(config_path)
+
+    weights = weights_path.read_bytes()  # read once: hash and parse the same bytes
+    digest = hashlib.sha256(weights).hexdigest()
+    if digest != config["weights_sha256"]:
+        raise ModelFileError(
+            f"{weights_path} does not match the sha256 digest recorded in {CONFIG_FILE} "
+            f"(expected {config['weights_sha256']}, got {digest}): the file was modified or corrupted")
+    try:
+        tensors = safetensors.torch.load(weights)
+    except safetensors.SafetensorError as err:
+        raise ModelFileError(f"{weights_path} is not a readable safetensors file: {err}") from err
+
+    decoder = _build(build_decoder, config["decoder"], "decoder", config_path)
+    encoder = None if config["encoder"] is None else _build(
+        build_encoder_from_config, config["encoder"], "encoder", config_path)
+    modules = {"decoder": decoder} if encoder is None else {"decoder": decoder, "encoder": encoder}
+    stray = [name for name in tensors if name.split(".", 1)[0] not in modules]
+    if stray:
+        raise ModelFileError(f"{weights_path} holds tensors for no configured model: {stray}")
+    for what, module in modules.items():
+        prefix = f"{what}."
+        own = {name[len(prefix):]: t for name, t in tensors.items() if name.startswith(prefix)}
+        _load_weights(module, own, what, weights_path)
+        module.float().eval()
+    return LoadedModel(decoder=decoder, encoder=encoder, settings=config["settings"], config=config)

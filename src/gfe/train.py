@@ -1,0 +1,287 @@
+"""Training: GFE decoders on flow latents, and the autoencoder baseline, in one loop.
+
+GFE uses the approximate gradient (DESIGN §2.3): each batch is encoded by the flow,
+the latents are held fixed, and the decoder takes one optimizer step on the
+reconstruction loss. The autoencoder takes its latents from its encoder instead;
+everything else (data order, batches, optimizer, loss, checkpoints) is shared, so
+comparisons are fair.
+
+After every epoch a checkpoint directory is written completely and only then
+named in `latest.json` (an atomic replace), so a killed run resumes from its last
+complete epoch and reproduces an uninterrupted run: the data order of epoch `e`
+is drawn from `(seed, e)` and encodings are deterministic.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import safetensors.torch
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .encode import FlowEncoder
+from .errors import ConfigError, ModelFileError
+from .losses import Loss
+from .models import build_encoder, default_decoder
+from .persist import atomic_path, atomic_write_text, load_model, save_model
+
+METHODS = {
+    # name: (flow, solver) for GFE, None for the autoencoder
+    "gfe-amd": ("first", "amd"),
+    "gfe-nesterov": ("nesterov", "amd"),
+    "gfe-euler": ("first", "euler"),
+    "gfe-rk4": ("first", "rk4"),
+    "gfe-dopri5": ("first", "dopri5"),
+    "ae": None,
+}
+OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
+LATEST = "latest.json"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run. `encode_options` go to the flow
+    (e.g. {"gtol": 1e-3, "max_steps": 200}) during training; `eval_options` are
+    used for validation and stored with the model for later encoding."""
+
+    method: str = "gfe-amd"
+    latent_dim: int = 20
+    epochs: int = 1
+    batch_size: int = 5
+    optimizer: str = "rmsprop"
+    lr: float = 5e-4
+    loss: str = "bce"
+    seed: int = 0
+    encode_options: dict = field(default_factory=dict)
+    eval_options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+        for name in ("latent_dim", "epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer; got {value!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0; got {self.lr}")
+        Loss(self.loss)  # validates the name
+
+    @property
+    def is_gfe(self) -> bool:
+        return METHODS[self.method] is not None
+
+    def flow_options(self, options: dict) -> dict:
+        """Flow, solver and loss for `FlowEncoder`, merged with `options`."""
+        flow, solver = METHODS[self.method] or ("first", "amd")
+        return {"flow": flow, "solver": solver, "loss": self.loss, **options}
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    seconds: float
+    samples: int
+    mean_steps: float
+    mean_nfe: float
+
+
+class Trainer:
+    """Trains `decoder` (a default MLP if None) on samples shaped like its output.
+
+    `checkpoint_dir`, if given, receives a checkpoint after each epoch;
+    `Trainer.resume(checkpoint_dir, x_train, ...)` continues such a run.
+    `callbacks` are called as `callback(trainer, record)` after each epoch.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        feature_shape: tuple[int, ...],
+        *,
+        decoder: nn.Module | None = None,
+        checkpoint_dir=None,
+        callbacks: tuple[Callable, ...] = (),
+        progress: bool = True,
+    ):
+        self.config = config
+        torch.manual_seed(config.seed)
+        self.decoder = decoder if decoder is not None else default_decoder(tuple(feature_shape), config.latent_dim)
+        if tuple(self.decoder.out_shape) != tuple(feature_shape):
+            raise ConfigError(f"decoder output shape {self.decoder.out_shape} differs from the data's {tuple(feature_shape)}")
+        self.encoder = None if config.is_gfe else build_encoder(self.decoder)
+        params = list(self.decoder.parameters()) + (list(self.encoder.parameters()) if self.encoder else [])
+        self.optimizer = OPTIMIZERS[config.optimizer](params, lr=config.lr)
+        self.loss = Loss(config.loss)
+        self.flow_encoder = FlowEncoder(self.decoder, **config.flow_options(config.encode_options))
+        self.eval_encoder = FlowEncoder(self.decoder, **config.flow_options(config.eval_options))
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.callbacks = callbacks
+        self.progress = progress
+        self.history: list[EpochRecord] = []
+
+    # ----------------------------------------------------------------- latents
+    def latents(self, x: torch.Tensor, *, training: bool):
+        """Latents of a batch and the number of flow steps and evaluations spent."""
+        if self.encoder is not None:
+            z = self.encoder(x)
+            return z, 0, 0
+        flow = self.flow_encoder if training else self.eval_encoder
+        enc = flow(x, x.new_zeros((x.shape[0], self.decoder.latent_dim)))
+        return enc.z, int(enc.steps.sum()), int(enc.nfe.sum())
+
+    def evaluate(self, x, batch_size: int = 1000) -> float:
+        """Mean per-sample loss of `x` reconstructed from its latents (encoder or
+        flow from z0 = 0, with `eval_options`)."""
+        x = self._tensor(x)
+        total = 0.0
+        for lo in range(0, len(x), batch_size):
+            xb = x[lo : lo + batch_size]
+            with torch.no_grad() if self.encoder is not None else torch.enable_grad():
+                z, _, _ = self.latents(xb, training=False)
+            with torch.no_grad():
+                total += float(self.loss(self.decoder(z), xb, z).sum())
+        return total / len(x)
+
+    # ---------------------------------------------------------------- training
+    def fit(self, x_train, x_val=None) -> list[EpochRecord]:
+        """Train for the remaining epochs of `config.epochs` and return the history."""
+        x_train = self._tensor(x_train)
+        x_val = None if x_val is None else self._tensor(x_val)
+        for epoch in range(len(self.history), self.config.epochs):
+            record = self._epoch(epoch, x_train, x_val)
+            self.history.append(record)
+            if self.checkpoint_dir is not None:
+                self.save_checkpoint(self.checkpoint_dir)
+            for callback in self.callbacks:
+                callback(self, record)
+        return self.history
+
+    def _epoch(self, epoch: int, x: torch.Tensor, x_val) -> EpochRecord:
+        order = torch.from_numpy(np.random.default_rng([self.config.seed, epoch]).permutation(len(x)))
+        bs = self.config.batch_size
+        total = steps = nfe = 0.0
+        self.decoder.train()
+        start = time.perf_counter()
+        bar = tqdm(range(0, len(x), bs), desc=f"epoch {epoch + 1}/{self.config.epochs} {self.config.method}",
+                   disable=not self.progress, leave=False, unit="batch")
+        for lo in bar:
+            xb = x[order[lo : lo + bs]]
+            z, s, n = self.latents(xb, training=True)
+            loss = self.loss(self.decoder(z.detach() if self.encoder is None else z), xb, z).mean()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss became {float(loss)} in epoch {epoch + 1}; lower lr")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += float(loss.detach()) * len(xb)
+            steps, nfe = steps + s, nfe + n
+        seconds = time.perf_counter() - start
+        val = self.evaluate(x_val) if x_val is not None else math.nan
+        return EpochRecord(epoch + 1, total / len(x), val, seconds, len(x), steps / len(x), nfe / len(x))
+
+    def _tensor(self, x) -> torch.Tensor:
+        from .data import validate_data
+
+        array = validate_data(x, feature_shape=tuple(self.decoder.out_shape), loss=self.config.loss)
+        return torch.from_numpy(array)
+
+    # ------------------------------------------------------------- persistence
+    def settings(self) -> dict:
+        """What a saved model records about how it was trained and how to encode."""
+        flow = self.config.flow_options(self.config.eval_options) if self.config.is_gfe else {"loss": self.config.loss}
+        return {"method": self.config.method, "train_config": asdict(self.config), "encode": flow}
+
+    def save_model(self, directory, extra_settings: dict | None = None) -> Path:
+        return save_model(directory, self.decoder, settings={**self.settings(), **(extra_settings or {})},
+                          encoder=self.encoder)
+
+    def save_checkpoint(self, directory) -> Path:
+        """Write epoch `len(history)`'s checkpoint and point `latest.json` at it."""
+        directory = Path(directory)
+        name = f"epoch-{len(self.history):05d}"
+        target = directory / name
+        if target.exists():
+            shutil.rmtree(target)
+        self.save_model(target)
+        tensors, layout = _flatten_state(self.optimizer.state_dict())
+        with atomic_path(target / "optimizer.safetensors") as tmp:
+            safetensors.torch.save_file(tensors, str(tmp))
+        atomic_write_text(target / "trainer.json", json.dumps(
+            {"optimizer": layout, "history": [asdict(r) for r in self.history]}, indent=1))
+        atomic_write_text(directory / LATEST, json.dumps({"checkpoint": name}))
+        for old in directory.glob("epoch-*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+        return target
+
+    @classmethod
+    def resume(cls, directory, **kwargs) -> "Trainer":
+        """Rebuild a trainer from the last complete checkpoint in `directory`."""
+        directory = Path(directory)
+        try:
+            name = json.loads((directory / LATEST).read_text())["checkpoint"]
+            target = directory / name
+            state = json.loads((target / "trainer.json").read_text())
+            tensors = safetensors.torch.load_file(str(target / "optimizer.safetensors"))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ModelFileError(f"no usable checkpoint in {directory}: {err}") from err
+        loaded = load_model(target)
+        config = TrainConfig(**loaded.settings["train_config"])
+        trainer = cls(config, tuple(loaded.decoder.out_shape), decoder=loaded.decoder.train(),
+                      checkpoint_dir=directory, **kwargs)
+        if loaded.encoder is not None:
+            trainer.encoder.load_state_dict(loaded.encoder.state_dict())
+        trainer.optimizer.load_state_dict(_unflatten_state(tensors, state["optimizer"]))
+        trainer.history = [EpochRecord(**r) for r in state["history"]]
+        return trainer
+
+    def write_history_csv(self, path) -> None:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow([f.name for f in fields(EpochRecord)])
+            writer.writerows([list(asdict(r).values()) for r in self.history])
+
+
+def _flatten_state(state: dict) -> tuple[dict, dict]:
+    """Split an optimizer state dict into tensors (for safetensors) and JSON."""
+    tensors = {}
+
+    def walk(obj, path):
+        if isinstance(obj, torch.Tensor):
+            key = "/".join(path)
+            tensors[key] = obj.detach().cpu().contiguous()
+            return {"__tensor__": key}
+        if isinstance(obj, dict):
+            return {"__dict__": [[k, walk(v, path + [str(k)])] for k, v in obj.items()]}
+        if isinstance(obj, (list, tuple)):
+            return [walk(v, path + [str(i)]) for i, v in enumerate(obj)]
+        return obj
+
+    return tensors, walk(state, [])
+
+
+def _unflatten_state(tensors: dict, layout) -> dict:
+    def walk(obj):
+        if isinstance(obj, dict) and "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if isinstance(obj, dict):
+            return {k: walk(v) for k, v in obj["__dict__"]}
+        if isinstance(obj, list):
+            return [walk(v) for v in obj]
+        return obj
+
+    return walk(layout)
