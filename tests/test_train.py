@@ -1,0 +1,197 @@
+"""The trainer: loss goes down, checkpoints resume exactly, models and histories are written."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+
+import gfe
+from gfe import ConfigError, ModelFileError
+from gfe.models import MLPDecoder
+from gfe.train import EpochRecord, TrainConfig, Trainer
+
+SHAPE = (4, 4)
+FAST_ENCODE = {"max_steps": 30, "gtol": 1e-4}
+METHOD_OPTIONS = {
+    "gfe-amd": FAST_ENCODE,
+    "gfe-nesterov": FAST_ENCODE,
+    "gfe-euler": {**FAST_ENCODE, "dt": 1.0, "tau": 10.0},
+    "gfe-rk4": {**FAST_ENCODE, "dt": 1.0, "tau": 10.0},
+    "gfe-dopri5": {**FAST_ENCODE, "tau": 20.0},
+    "ae": {},
+}
+
+
+@pytest.fixture(scope="module")
+def images():
+    """60 structured 4x4 images in [0, 1] (mixtures of three patterns plus noise)."""
+    rng = np.random.default_rng(0)
+    basis = rng.uniform(size=(3, 16))
+    x = (rng.uniform(size=(60, 3)) @ basis / 3).reshape(60, *SHAPE)
+    return np.clip(x + rng.normal(scale=0.02, size=x.shape), 0, 1).astype(np.float32)
+
+
+def make_config(method="gfe-amd", epochs=2, **overrides):
+    options = METHOD_OPTIONS[method]
+    settings = dict(method=method, latent_dim=3, epochs=epochs, batch_size=10, optimizer="adam", lr=1e-2,
+                    loss="bce", seed=0, encode_options=dict(options), eval_options=dict(options))
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def make_trainer(config, **kwargs):
+    torch.manual_seed(0)
+    decoder = MLPDecoder(config.latent_dim, SHAPE, hidden=(16,))
+    return Trainer(config, SHAPE, decoder=decoder, progress=False, **kwargs)
+
+
+def parameters(module):
+    return {name: p.detach().clone() for name, p in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("method", list(METHOD_OPTIONS))
+def test_training_lowers_the_loss(images, method):
+    trainer = make_trainer(make_config(method))
+    before = trainer.evaluate(images)
+    history = trainer.fit(images, images[:20])
+    after = trainer.evaluate(images)
+    assert after < before - 0.02, (before, after)
+    assert [r.epoch for r in history] == [1, 2]
+    for record in history:
+        assert isinstance(record, EpochRecord) and record.samples == 60
+        values = [record.train_loss, record.val_loss, record.seconds, record.mean_steps, record.mean_nfe]
+        assert all(math.isfinite(v) for v in values)
+        if method == "ae":
+            assert record.mean_steps == 0 and record.mean_nfe == 0
+        else:
+            assert 0 < record.mean_steps <= FAST_ENCODE["max_steps"] and record.mean_nfe > record.mean_steps
+    assert history[1].train_loss < history[0].train_loss
+    assert trainer.history is history
+
+
+def test_validation_loss_is_nan_without_validation_data(images):
+    record = make_trainer(make_config(epochs=1)).fit(images)[0]
+    assert math.isnan(record.val_loss) and math.isfinite(record.train_loss)
+
+
+def test_training_is_deterministic(images):
+    a = make_trainer(make_config())
+    b = make_trainer(make_config())
+    a.fit(images)
+    b.fit(images)
+    for (name, p), q in zip(parameters(a.decoder).items(), parameters(b.decoder).values()):
+        assert torch.equal(p, q), name
+
+
+def test_callbacks_get_each_epoch_record(images):
+    seen = []
+    trainer = make_trainer(make_config(epochs=2), callbacks=(lambda t, r: seen.append((t, r.epoch)),))
+    trainer.fit(images)
+    assert seen == [(trainer, 1), (trainer, 2)]
+
+
+def _strip_seconds(history):
+    return [{k: v for k, v in asdict(r).items() if k != "seconds"} for r in history]
+
+
+@pytest.mark.parametrize("method", ["gfe-amd", "ae"])
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, images, method):
+    # run A: three epochs in one go
+    run_a = make_trainer(make_config(method, epochs=3), checkpoint_dir=tmp_path / "a")
+    history_a = run_a.fit(images, images[:20])
+
+    # run B: interrupted after epoch 1 (the checkpoint is written before callbacks run)
+    def interrupt(trainer, record):
+        if record.epoch == 1:
+            raise KeyboardInterrupt
+
+    run_b = make_trainer(make_config(method, epochs=3), checkpoint_dir=tmp_path / "b", callbacks=(interrupt,))
+    with pytest.raises(KeyboardInterrupt):
+        run_b.fit(images, images[:20])
+    assert json.loads((tmp_path / "b" / "latest.json").read_text()) == {"checkpoint": "epoch-00001"}
+
+    resumed = Trainer.resume(tmp_path / "b", progress=False)
+    assert len(resumed.history) == 1 and resumed.config == run_a.config
+    history_b = resumed.fit(images, images[:20])
+
+    assert _strip_seconds(history_b) == _strip_seconds(history_a)
+    for (name, p), q in zip(parameters(run_a.decoder).items(), parameters(resumed.decoder).values()):
+        assert torch.equal(p, q), name
+    if method == "ae":
+        for (name, p), q in zip(parameters(run_a.encoder).items(), parameters(resumed.encoder).values()):
+            assert torch.equal(p, q), name
+    for run in ("a", "b"):
+        directory = tmp_path / run
+        assert json.loads((directory / "latest.json").read_text()) == {"checkpoint": "epoch-00003"}
+        assert sorted(p.name for p in directory.glob("epoch-*")) == ["epoch-00003"]
+    # a finished run resumes to a no-op
+    again = Trainer.resume(tmp_path / "a", progress=False)
+    assert _strip_seconds(again.fit(images)) == _strip_seconds(history_a)
+
+
+def test_resume_without_checkpoint_is_a_model_file_error(tmp_path):
+    with pytest.raises(ModelFileError, match="no usable checkpoint"):
+        Trainer.resume(tmp_path)
+
+
+def test_saved_model_gives_identical_encodings(tmp_path, images):
+    trainer = make_trainer(make_config("gfe-amd", epochs=1))
+    trainer.fit(images)
+    directory = trainer.save_model(tmp_path / "model")
+    loaded = gfe.load_model(directory)
+    assert loaded.settings["method"] == "gfe-amd"
+    assert loaded.settings["encode"]["solver"] == "amd" and loaded.settings["encode"]["max_steps"] == 30
+    opts = {k: v for k, v in loaded.settings["encode"].items()}
+    a = gfe.encode(trainer.decoder, images[:8], **opts)
+    b = gfe.encode(loaded.decoder, images[:8], **opts)
+    assert torch.equal(a.z, b.z) and torch.equal(a.steps, b.steps) and torch.equal(a.loss, b.loss)
+
+
+def test_write_history_csv(tmp_path, images):
+    trainer = make_trainer(make_config(epochs=2))
+    trainer.fit(images, images[:10])
+    path = tmp_path / "history.csv"
+    trainer.write_history_csv(path)
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["epoch", "train_loss", "val_loss", "seconds", "samples", "mean_steps", "mean_nfe"]
+    assert len(rows) == 3
+    for row, record in zip(rows[1:], trainer.history):
+        assert int(row[0]) == record.epoch and float(row[1]) == record.train_loss
+        assert int(row[4]) == record.samples
+
+
+@pytest.mark.parametrize(("field", "value", "pattern"), [
+    ("method", "vae", r"unknown method 'vae'; expected one of gfe-amd, .*ae"),
+    ("optimizer", "lion", r"unknown optimizer 'lion'"),
+    ("epochs", 0, r"epochs must be a positive integer"),
+    ("batch_size", 2.5, r"batch_size must be a positive integer"),
+    ("latent_dim", True, r"latent_dim must be a positive integer"),
+    ("lr", 0.0, r"lr must be > 0"),
+    ("loss", "hinge", r"unknown loss 'hinge'"),
+])
+def test_bad_config_is_a_config_error(field, value, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        TrainConfig(**{field: value})
+
+
+def test_bad_encode_options_fail_when_the_trainer_is_built():
+    with pytest.raises(ConfigError, match="has no option"):
+        make_trainer(make_config(encode_options={"dt": 0.1}))
+
+
+def test_decoder_shape_must_match_data():
+    with pytest.raises(ConfigError, match="differs from the data"):
+        Trainer(make_config(), (5, 5), decoder=MLPDecoder(3, SHAPE, hidden=(8,)), progress=False)
+
+
+def test_training_data_are_validated(images):
+    trainer = make_trainer(make_config(epochs=1))
+    with pytest.raises(gfe.DataError, match="bce loss needs data in"):
+        trainer.fit(images * 2)
