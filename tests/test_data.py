@@ -9,7 +9,7 @@ import pytest
 from gfe.data import load_dataset, read_array, split, validate_data
 from gfe.errors import ConfigError, DataError
 
-MNIST = Path("/work/shared/data/mnist-10k.npz")
+MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-10k.npz"  # ../shared beside the repo
 
 
 @pytest.fixture

@@ -485,14 +485,6 @@ def test_masked_features_do_not_affect_the_encoding(mlp64, data01, solver):
     assert not torch.allclose(a.z, unmasked.z)
 
 
-FEATURE_WEIGHTS_BUG = (
-    "bug: ActiveSet.keep (solvers/active.py) indexes every stored tensor with the sample "
-    "mask, including feature-shaped weights (shape = x.shape[1:]), so the first time any "
-    "sample retires it raises IndexError (or RuntimeError later when the leading feature "
-    "axis happens to equal the batch size)")
-
-
-@pytest.mark.xfail(strict=True, raises=(IndexError, RuntimeError), reason=FEATURE_WEIGHTS_BUG)
 @pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize("n", [1, 6])
 def test_feature_shaped_weights_equal_repeated_per_sample_weights(mlp64, data01, solver, n):

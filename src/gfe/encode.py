@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .errors import ConfigError, DataError
 from .flows import make_flow
@@ -84,6 +85,7 @@ class FlowEncoder:
         penalty: str | None = None,
         penalty_weight: float = 0.0,
         chunk_size: int = 4096,
+        progress: bool = False,
         **solver_options,
     ):
         if solver not in SOLVERS:
@@ -105,16 +107,23 @@ class FlowEncoder:
         self.rule = StopRule(tau=tau, max_steps=max_steps, gtol=gtol, ftol=ftol)
         self.objective = Objective(decoder, self.loss)
         self.chunk_size = chunk_size
+        self.progress = progress
         self._run = _solver(solver, solver_options)
 
     def __call__(self, x: torch.Tensor, z0: torch.Tensor, weights: torch.Tensor | None = None) -> Encoding:
         """Encode a validated batch `x` from latents `z0` (tensors on the decoder's device)."""
         parts = []
-        for lo in range(0, x.shape[0], self.chunk_size):
+        starts = range(0, x.shape[0], self.chunk_size)
+        bar = tqdm(total=x.shape[0], desc="encoding", unit="sample", disable=not self.progress, leave=False)
+        if weights is not None and weights.dim() < x.dim():
+            weights = weights.expand_as(x)  # per-sample rows, so they retire with their samples
+        for lo in starts:
             sl = slice(lo, lo + self.chunk_size)
-            w = weights[sl] if (weights is not None and weights.dim() == x.dim()) else weights
+            w = None if weights is None else weights[sl]
             res = self._run(self.objective, self.flow, x[sl], w, self.flow.initial_state(z0[sl]), self.rule)
             parts.append(Encoding(self.flow.latent(res.y), res.loss, res.steps, res.nfe, res.status, res.t))
+            bar.update(len(res.loss))
+        bar.close()
         return Encoding.concat(parts)
 
 
@@ -142,7 +151,8 @@ def encode(
     Other options: alpha (flow speed), tau (final time), max_steps, gtol (gradient
     norm at which a sample has converged), ftol (relative loss decrease per step
     that counts as a plateau; 0 = off), penalty ("l2"/"l1") and penalty_weight,
-    chunk_size (samples per solver call; results do not depend on it), and solver
+    chunk_size (samples per solver call; results do not depend on it), progress
+    (a progress bar over chunks), and solver
     options: AMD {h0, h_max, shrink, grow, max_shrinks, sigma}; Euler/RK4 {dt};
     dopri5 {rtol, atol, dt0, max_rejects}.
     """

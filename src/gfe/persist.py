@@ -96,7 +96,7 @@ def file_sha256(path) -> str:
     return digest.hexdigest()
 
 
-def _gfe_version() -> str:
+def gfe_version() -> str:
     try:
         return metadata.version("gfe")
     except metadata.PackageNotFoundError:
@@ -129,7 +129,7 @@ def save_model(directory, decoder: nn.Module, *, settings: dict, encoder: nn.Mod
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "gfe_version": _gfe_version(),
+        "gfe_version": gfe_version(),
         "decoder": _registered_config(decoder, DECODERS, "decoder"),
         "encoder": None if encoder is None else _registered_config(encoder, ENCODERS, "encoder"),
         "settings": settings,

@@ -34,6 +34,7 @@ class AMDOptions:
     grow: float = 1.1
     max_shrinks: int = 20
     sigma: float = 1e-5
+    spectral: bool = False
 
 
 def solve_amd(objective, flow, x, weights, y0, rule: StopRule, *, options: AMDOptions = AMDOptions()):
@@ -51,9 +52,15 @@ def solve_amd(objective, flow, x, weights, y0, rule: StopRule, *, options: AMDOp
         slope = (active.grad * (flow.latent(y) - flow.latent(active.y))).sum(1)
         accept = torch.isfinite(loss) & torch.isfinite(grad).all(1) & (loss < active.loss)
         accept &= loss <= active.loss + o.sigma * slope
+        grown = h * o.grow
+        if o.spectral and flow.velocity(y) is None:
+            s_ = flow.latent(y) - flow.latent(active.y)
+            sy = (s_ * (grad - active.grad)).sum(1)
+            bb = (s_ * s_).sum(1) / (flow.alpha * sy)
+            grown = torch.where(sy > 0, bb.to(h.dtype), grown)
         commit(active, accept, y, loss, grad, h)
         active.clock = torch.where(accept, active.clock + h, active.clock)
-        active.h = torch.where(accept, (h * o.grow).clamp(max=o.h_max), h * o.shrink)
+        active.h = torch.where(accept, grown.clamp(max=o.h_max), h * o.shrink)
         active.shrinks = torch.where(accept, 0, active.shrinks + 1)
         velocity = flow.velocity(active.y)
         if velocity is not None:

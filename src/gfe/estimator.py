@@ -1,0 +1,314 @@
+"""`GFE`: the scikit-learn façade over `Trainer` (fit) and `encode` (transform).
+
+It adds no numerics of its own: it checks parameters and arrays the way
+scikit-learn expects, trains with `Trainer`, encodes with `gfe.encode` and saves
+with `gfe.persist`, so a model behaves the same whichever interface made it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from numbers import Integral
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+
+from .encode import Encoding, encode
+from .errors import ConfigError, DataError, ModelFileError
+from .losses import link
+from .models import DECODERS, build_decoder, default_decoder
+from .persist import load_model, save_model
+from .train import METHODS, TrainConfig, Trainer
+
+_SET_BY_GFE = ("latent_dim", "out_shape")  # decoder arguments GFE fills in itself
+
+
+class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Gradient Flow Encoding as a scikit-learn transformer.
+
+    `fit` trains a decoder on latents found by a gradient flow (there is no
+    encoder); `transform` finds each row's latent by integrating that flow from
+    z0 = 0, so latents are deterministic and do not depend on the other rows;
+    `inverse_transform` decodes latents back to data space.
+
+    Parameters
+    ----------
+    latent_dim : int, default=20
+        Size of each latent vector.
+    method : str, default="gfe-amd"
+        A gradient-flow method of `gfe.train.METHODS`: "gfe-amd", "gfe-nesterov",
+        "gfe-euler", "gfe-rk4" or "gfe-dopri5". (The autoencoder baseline "ae"
+        has an encoder and is trained with `gfe.train.Trainer` instead.)
+    loss : {"mse", "bce", "poisson"}, default="mse"
+        "mse" is the default because a general-purpose estimator meets arbitrary
+        real data (scikit-learn's own checks feed it such data). Use "bce" for
+        data in [0, 1], such as images or the output of `MinMaxScaler` (the
+        paper's choice for MNIST), and "poisson" for counts.
+    decoder : None, str or dict, default=None
+        None for the paper's MLP (hidden 150, 300, 600, ELU); a registered type
+        ("mlp", "conv1d", "conv2d"); or a config dict of its constructor
+        arguments, e.g. ``{"type": "mlp", "hidden": [64]}``. GFE fills in
+        latent_dim and out_shape.
+    feature_shape : tuple of int, default=None
+        The shape the decoder sees for each row of X, e.g. (C, L) for "conv1d"
+        or (H, W) for "conv2d". Its product must be n_features; None keeps rows
+        flat. X, transform's input and inverse_transform's output stay 2-D.
+    epochs, batch_size, optimizer, lr : training settings of `TrainConfig`
+        The defaults are the trainer's (the paper's MNIST run: one pass,
+        batches of 5, RMSprop at 5e-4).
+    encode_options : dict, default=None
+        Options for the flow, used in training and in transform, e.g.
+        ``{"max_steps": 200, "gtol": 1e-4}`` (see `gfe.encode`).
+    random_state : int, RandomState or None, default=0
+        Seeds the decoder's initial weights and the data order. Encodings use
+        no randomness.
+    verbose : bool, default=False
+        Show a progress bar per epoch.
+
+    Attributes
+    ----------
+    decoder_ : torch.nn.Module
+        The trained decoder.
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str (only when X had string column names)
+    n_iter_ : int
+        Epochs run.
+    history_ : list of dict
+        Per epoch: mean training loss, seconds, samples, mean flow steps and
+        decoder evaluations per sample.
+    reconstruction_err_ : float
+        Mean loss of the training data at their final latents.
+    encode_stats_ : dict
+        `Encoding.summary()` of that final encoding of the training data (mean
+        steps, nfe, loss and status counts). Per-sample statistics of any data
+        come from `encode(X)`; `transform` leaves the estimator unchanged.
+
+    Latents and reconstructions are float32, the decoder's precision.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gfe.estimator import GFE
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.random((40, 2)) @ rng.random((2, 6))  # 40 rows of rank-2 data
+    >>> model = GFE(latent_dim=2, decoder={"type": "mlp", "hidden": [16]}, epochs=2,
+    ...             batch_size=8, lr=1e-2, encode_options={"max_steps": 50, "gtol": 1e-4})
+    >>> Z = model.fit_transform(X)
+    >>> Z.shape, Z.dtype
+    ((40, 2), dtype('float32'))
+    >>> model.inverse_transform(Z).shape
+    (40, 6)
+    >>> bool(model.score(X) == -model.reconstruction_err_)
+    True
+
+    In a pipeline, scaling to [0, 1] lets the decoder use the "bce" loss:
+
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from sklearn.preprocessing import MinMaxScaler
+    >>> pipe = make_pipeline(MinMaxScaler(), GFE(latent_dim=2, loss="bce",
+    ...     decoder={"type": "mlp", "hidden": [16]}, epochs=1, batch_size=8,
+    ...     encode_options={"max_steps": 50, "gtol": 1e-4}))
+    >>> pipe.fit_transform(X).shape
+    (40, 2)
+    """
+
+    def __init__(
+        self,
+        latent_dim=TrainConfig.latent_dim,
+        *,
+        method="gfe-amd",
+        loss="mse",
+        decoder=None,
+        feature_shape=None,
+        epochs=TrainConfig.epochs,
+        batch_size=TrainConfig.batch_size,
+        optimizer=TrainConfig.optimizer,
+        lr=TrainConfig.lr,
+        encode_options=None,
+        random_state=0,
+        verbose=False,
+    ):
+        self.latent_dim = latent_dim
+        self.method = method
+        self.loss = loss
+        self.decoder = decoder
+        self.feature_shape = feature_shape
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.optimizer = optimizer
+        self.lr = lr
+        self.encode_options = encode_options
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, X, y=None):
+        """Train the decoder on X, shape (n_samples, n_features); `y` is ignored."""
+        self._fit(X)
+        return self
+
+    def fit_transform(self, X, y=None):
+        """Fit, then return X's latents (fit's final encoding of X, so no second pass)."""
+        return _numpy(self._fit(X).z)
+
+    def _fit(self, X) -> Encoding:
+        config = self._train_config()
+        X = validate_data(self, X, dtype=np.float32)
+        shape = self._feature_shape(X.shape[1])
+        # Seed the initial weights without disturbing the caller's torch RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            decoder = self._build_decoder(config.latent_dim, shape)
+            trainer = Trainer(config, shape, decoder=decoder, progress=bool(self.verbose))
+            trainer.fit(X)
+        self.decoder_ = trainer.decoder.eval()
+        self._settings = trainer.settings()
+        self.n_iter_ = len(trainer.history)
+        # fit has no validation data, so each record's val_loss is NaN: leave it out.
+        self.history_ = [{k: v for k, v in asdict(r).items() if k != "val_loss"} for r in trainer.history]
+        encoding = self._encode(X)
+        self.reconstruction_err_ = float(encoding.loss.mean())
+        self.encode_stats_ = encoding.summary()
+        return encoding
+
+    def _train_config(self) -> TrainConfig:
+        """The parameters as a `TrainConfig`, which validates them."""
+        if METHODS.get(self.method, ()) is None:
+            raise ConfigError(
+                f"method {self.method!r} is the autoencoder baseline, which has an encoder; GFE fits "
+                f"the gradient-flow methods {[m for m, v in METHODS.items() if v]} "
+                "(train the baseline with gfe.train.Trainer)")
+        options = {} if self.encode_options is None else self.encode_options
+        if not isinstance(options, dict):
+            raise ConfigError(f"encode_options must be a dict or None; got {options!r}")
+        return TrainConfig(
+            method=self.method, latent_dim=_plain(self.latent_dim), epochs=_plain(self.epochs),
+            batch_size=_plain(self.batch_size), optimizer=self.optimizer, lr=_plain(self.lr),
+            loss=self.loss, seed=self._seed(), encode_options=dict(options), eval_options=dict(options))
+
+    def _seed(self) -> int:
+        """An int seed: `random_state` itself if it is one, else a draw from it."""
+        rng = check_random_state(self.random_state)  # rejects values numpy cannot seed with
+        if isinstance(self.random_state, Integral):
+            return int(self.random_state)
+        return int(rng.randint(np.iinfo(np.int32).max))
+
+    def _feature_shape(self, n_features: int) -> tuple[int, ...]:
+        if self.feature_shape is None:
+            return (n_features,)
+        shape = (self.feature_shape,) if isinstance(self.feature_shape, Integral) else tuple(self.feature_shape)
+        if not all(isinstance(n, Integral) and n > 0 for n in shape) or math.prod(shape) != n_features:
+            raise ConfigError(
+                f"feature_shape {self.feature_shape!r} does not fit X's {n_features} features: "
+                f"it must be positive integers whose product is {n_features}")
+        return tuple(int(n) for n in shape)
+
+    def _build_decoder(self, latent_dim: int, shape: tuple[int, ...]) -> torch.nn.Module:
+        if self.decoder is None:
+            return default_decoder(shape, latent_dim)
+        spec = {"type": self.decoder} if isinstance(self.decoder, str) else self.decoder
+        if not isinstance(spec, dict):
+            raise ConfigError(
+                f"decoder must be None, a registered type {sorted(DECODERS)} or a config dict such as "
+                f"{{'type': 'mlp', 'hidden': [64]}}; got {self.decoder!r}")
+        clash = [key for key in _SET_BY_GFE if key in spec]
+        if clash:
+            raise ConfigError(
+                f"the decoder config sets {clash}; GFE sets them from latent_dim and feature_shape")
+        return build_decoder({**spec, "latent_dim": latent_dim, "out_shape": list(shape)})
+
+    # ----------------------------------------------------------------- encoding
+    def encode(self, X) -> Encoding:
+        """Latents of X with per-sample loss, steps, nfe and status (a `gfe.Encoding`)."""
+        check_is_fitted(self)
+        return self._encode(validate_data(self, X, dtype=np.float32, reset=False))
+
+    def _encode(self, X: np.ndarray) -> Encoding:
+        return encode(self.decoder_, X, **self._settings["encode"])
+
+    def transform(self, X):
+        """Latents of X, shape (n_samples, latent_dim): each row's flow from z0 = 0."""
+        return _numpy(self.encode(X).z)
+
+    def inverse_transform(self, Z):
+        """Reconstructions in data space, shape (n_samples, n_features): the decoder's
+        output through the loss's link (sigmoid for bce, exp for poisson)."""
+        check_is_fitted(self)
+        Z = check_array(Z, dtype=np.float32, input_name="Z")
+        if Z.shape[1] != self.decoder_.latent_dim:
+            raise DataError(
+                f"Z has {Z.shape[1]} columns, but this GFE has latent_dim={self.decoder_.latent_dim}; "
+                "pass latents shaped like transform's output")
+        with torch.no_grad():
+            out = self.decoder_(torch.from_numpy(np.array(Z)))  # a copy: Z may be read-only
+        return _numpy(link(self._settings["encode"]["loss"], out).reshape(len(Z), -1))
+
+    def score(self, X, y=None) -> float:
+        """Negative mean loss of X at its latents: higher is better, as model selection expects."""
+        return -float(self.encode(X).loss.mean())
+
+    @property
+    def _n_features_out(self) -> int:
+        """Number of latents, for `get_feature_names_out` ("gfe0", "gfe1", ...)."""
+        return self.decoder_.latent_dim
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags
+
+    # -------------------------------------------------------------- persistence
+    def save(self, directory) -> Path:
+        """Write the fitted model as safetensors weights plus JSON (`gfe.save_model`):
+        loading it never runs code, unlike a pickle."""
+        check_is_fitted(self)
+        fitted = {"n_features_in": self.n_features_in_, "n_iter": self.n_iter_, "history": self.history_,
+                  "reconstruction_err": self.reconstruction_err_, "encode_stats": self.encode_stats_}
+        if hasattr(self, "feature_names_in_"):
+            fitted["feature_names_in"] = self.feature_names_in_.tolist()
+        return save_model(directory, self.decoder_, settings={**self._settings, "estimator": fitted})
+
+    @classmethod
+    def load(cls, directory) -> "GFE":
+        """A fitted GFE from a model directory written by `save`, or by `Trainer`
+        or the command line for a gradient-flow method (then `reconstruction_err_`
+        and `encode_stats_`, which only `fit` records, are None, `history_` is
+        empty and `n_iter_` is the configured number of epochs)."""
+        loaded = load_model(directory)
+        settings = dict(loaded.settings)
+        if loaded.encoder is not None or "train_config" not in settings or "encode" not in settings:
+            raise ModelFileError(f"{directory} does not hold a gradient-flow model that GFE can load")
+        train = settings["train_config"]
+        decoder = loaded.decoder.config()
+        out_shape = decoder.pop("out_shape")
+        decoder.pop("latent_dim")
+        model = cls(
+            train["latent_dim"], method=train["method"], loss=train["loss"], decoder=decoder,
+            feature_shape=None if len(out_shape) == 1 else tuple(out_shape), epochs=train["epochs"],
+            batch_size=train["batch_size"], optimizer=train["optimizer"], lr=train["lr"],
+            encode_options=train["encode_options"], random_state=train["seed"])
+        fitted = settings.pop("estimator", {})
+        model.decoder_ = loaded.decoder
+        model._settings = settings
+        model.n_features_in_ = math.prod(out_shape)
+        model.n_iter_ = fitted.get("n_iter", train["epochs"])
+        model.history_ = fitted.get("history", [])
+        model.reconstruction_err_ = fitted.get("reconstruction_err")
+        model.encode_stats_ = fitted.get("encode_stats")
+        if "feature_names_in" in fitted:
+            model.feature_names_in_ = np.asarray(fitted["feature_names_in"], dtype=object)
+        return model
+
+
+def _plain(value):
+    """NumPy scalars (e.g. from a GridSearchCV grid built with np.arange) as Python ones."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()

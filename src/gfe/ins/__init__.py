@@ -1,0 +1,16 @@
+"""Synthetic inelastic neutron scattering (INS) spectra for training and testing.
+
+`generate` writes powder maps S(|Q|, E) or 1-D spectra of random Born–von Kármán
+crystals to HDF5; `load_spectra` reads them back. Generating needs the optional
+extra `gfe[ins]` (Euphonic, GPL-3.0), imported only when `generate` runs;
+reading needs nothing beyond gfe's core dependencies.
+"""
+
+from .spectra import LABEL_NAMES, Settings, generate
+from .io import SpectraDataset, check_same_grid, load_spectra
+from .lattice import FAMILIES, BvKModel, ParameterRanges, draw_model, frequencies, is_stable
+
+__all__ = [
+    "FAMILIES", "LABEL_NAMES", "BvKModel", "ParameterRanges", "Settings", "SpectraDataset",
+    "check_same_grid", "draw_model", "frequencies", "generate", "is_stable", "load_spectra",
+]
