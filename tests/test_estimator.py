@@ -137,7 +137,7 @@ def test_load_a_model_the_trainer_saved(X, tmp_path):
     trainer.fit(X.reshape(30, 2, 3))
     trainer.save_model(tmp_path / "model")
     loaded = GFE.load(tmp_path / "model")
-    expected = gfe.encode(trainer.decoder, X.reshape(30, 2, 3), loss="mse", **FLOW).z.detach().numpy()
+    expected = gfe.encode(trainer.decoder, X.reshape(30, 2, 3), **trainer.settings()["encode"]).z.detach().numpy()
     assert loaded.feature_shape == (2, 3) and loaded.n_features_in_ == 6
     assert np.array_equal(loaded.transform(X), expected)
     assert loaded.inverse_transform(expected).shape == (30, 6)

@@ -33,6 +33,7 @@ FLOWS = ("first", "nesterov")
 SOLVERS = ("amd", "euler", "rk4", "dopri5")
 COMBOS = [(f, s) for f in FLOWS for s in SOLVERS]
 COMBO_IDS = [f"{f}-{s}" for f, s in COMBOS]
+STEP_RULES = ("spectral", "bfgs")  # AMD's step rules beyond the flow's own (first-order flow)
 ALL_STATUS = {int(s) for s in Status}
 
 
@@ -184,6 +185,19 @@ def test_sample_encoding_does_not_depend_on_batch(mlp64, data01, flow, solver):
         torch.testing.assert_close(alone.t, full.t[i : i + 1], atol=1e-9, rtol=0)
 
 
+@pytest.mark.parametrize("step", STEP_RULES)
+def test_amd_step_rules_do_not_depend_on_batch(mlp64, data01, step):
+    opts = dict(loss="bce", alpha=10.0, gtol=1e-5, max_steps=300, step=step)
+    z0 = _z0_of(mlp64, data01, seed=0)
+    full = gfe.encode(mlp64, data01, seed=0, **opts)
+    assert (full.steps > 3).all()
+    for i in (0, 3, 5):
+        alone = gfe.encode(mlp64, data01[i : i + 1], z0=z0[i : i + 1], **opts)
+        for name in ("steps", "nfe", "status"):
+            assert torch.equal(getattr(alone, name), getattr(full, name)[i : i + 1]), (i, name)
+        torch.testing.assert_close(alone.z, full.z[i : i + 1], atol=1e-6, rtol=0)
+
+
 def test_batch_mates_with_different_fates_do_not_interact(mlp64, data01):
     """A sample that converges at once, one that hits the step budget and
     ordinary ones share a batch; each gets the result it gets alone."""
@@ -218,6 +232,44 @@ def test_amd_every_accepted_step_lowers_the_loss(mlp64, data01, flow):
     # the loss reported is the loss at the returned latent
     objective = Objective(mlp64, Loss("bce"))
     torch.testing.assert_close(objective.value(zs[-1], data01), losses[-1], atol=1e-14, rtol=0)
+
+
+@pytest.mark.parametrize("step", STEP_RULES)
+def test_amd_step_rules_lower_the_loss_at_every_accepted_step(mlp64, data01, step):
+    losses = []
+    for k in range(10):
+        enc = gfe.encode(mlp64, data01, loss="bce", seed=0, alpha=10.0, gtol=0.0, max_steps=k, step=step)
+        assert (enc.steps == k).all() and (enc.steps <= enc.nfe - 1).all()
+        losses.append(enc.loss)
+    losses = torch.stack(losses)
+    assert (losses[1:] < losses[:-1]).all(), losses
+
+
+def test_bfgs_steps_reach_the_minimum_in_far_fewer_evaluations(linear_problem):
+    """On an ill-conditioned quadratic the learned metric approaches the inverse
+    Hessian: the same least-squares solution in a fraction of the flow rule's
+    evaluations."""
+    well_conditioned, x, z0 = linear_problem
+    decoder = LinearDecoder(well_conditioned.A.detach() * torch.tensor([1.0, 0.1, 0.03], dtype=torch.float64),
+                            well_conditioned.b.detach())
+    opts = dict(loss="mse", z0=z0, gtol=1e-7, tau=1e9, max_steps=20_000)
+    flow = gfe.encode(decoder, x, **opts)
+    bfgs = gfe.encode(decoder, x, step="bfgs", **opts)
+    assert (flow.status == Status.CONVERGED).all() and (bfgs.status == Status.CONVERGED).all()
+    hessian_min = float(torch.linalg.eigvalsh(2.0 / 6 * decoder.A.T @ decoder.A)[0])
+    for enc in (flow, bfgs):  # ||z - z*|| <= ||∇E|| / λ_min(∇²E)
+        torch.testing.assert_close(enc.z, decoder.least_squares(x), atol=2e-7 / hessian_min, rtol=0)
+    assert (bfgs.nfe * 10 < flow.nfe).all(), (bfgs.nfe, flow.nfe)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"flow": "nesterov", "step": "bfgs"}, "step rule 'bfgs' is for the first-order flow"),
+    ({"step": "newton"}, "unknown AMD step rule 'newton'"),
+    ({"shrink": 1.5}, "0 < shrink < 1"),
+])
+def test_amd_rejects_unsupported_step_options(mlp64, data01, options, message):
+    with pytest.raises(gfe.ConfigError, match=message):
+        gfe.encode(mlp64, data01, loss="bce", **options)
 
 
 @pytest.mark.parametrize("flow", FLOWS)
@@ -324,6 +376,7 @@ def test_step_budget_tau_and_convergence_statuses(mlp64, data01, flow, solver):
 
 @pytest.mark.parametrize(("flow", "solver", "options"), [
     ("first", "amd", {}), ("nesterov", "amd", {}),
+    ("first", "amd", {"step": "spectral", "h_max": 1e3}), ("first", "amd", {"step": "bfgs"}),
     ("first", "rk4", {"dt": 0.2}), ("first", "dopri5", {"rtol": 1e-8, "atol": 1e-10}),
 ])  # (the exact second-order flow decays only polynomially: AMD's restarts make it converge)
 def test_converges_to_least_squares_solution(linear_problem, flow, solver, options):

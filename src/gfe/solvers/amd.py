@@ -1,14 +1,28 @@
 """AMD: adaptive steps that are accepted only if they lower the sample's loss.
 
-Each sample tries one step per iteration (`flow.descent_step`), keeps it if the
-loss passes the Armijo test `E(new) <= E + σ ∇E·Δz` and strictly decreases, and
-then grows its step; on failure it halves its step and tries again. Decisions are
-per sample, so a sample's path does not depend on its batch-mates.
+Each sample tries one step per iteration, keeps it if the loss passes the Armijo
+test `E(new) <= E + σ ∇E·Δz` and strictly decreases, and then grows its step; on
+failure it shrinks its step and tries again. Decisions are per sample, so a
+sample's path does not depend on its batch-mates.
+
+Three step rules (`AMDOptions.step`):
+
+* `"flow"` (the reference's): the flow's own explicit step (`flow.descent_step`),
+  step size grown by `grow` up to `h_max` after each accepted step.
+* `"spectral"` (first-order flow): the same gradient steps, but after an accepted
+  step the next step size is the Barzilai-Borwein estimate `sᵀs / (α sᵀy)` of the
+  inverse curvature along the path, so flat directions are crossed in few steps.
+* `"bfgs"` (first-order flow): steps along `-H ∇E`, where `H` is each sample's own
+  BFGS estimate of the inverse Hessian (dense, `d × d`; latents are small), tried
+  at full length first. It is the gradient flow in a learned metric: it has the
+  same stationary points and still lowers the loss at every accepted step, but it
+  no longer follows the flow's path, so `t` counts step fractions, not flow time.
 
 For the second-order flow the momentum is dropped (an adaptive restart, as in
 O'Donoghue & Candès 2015) when it points uphill (`∇E·v > 0`) or when no step
 size down to the smallest one lowers the loss; a sample stalls only when even a
-plain gradient step fails.
+plain gradient step fails. The BFGS rule likewise resets its metric once before
+a sample is declared stalled.
 """
 
 from __future__ import annotations
@@ -17,16 +31,17 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import ConfigError
 from .active import ActiveSet, StopRule, begin, commit, integrate, step_sizes
 from .status import Status
 
-
 RESOLUTION = 16  # decreases below this many ulps of the loss cannot be measured
+STEPS = ("flow", "spectral", "bfgs")
 
 
 @dataclass(frozen=True)
 class AMDOptions:
-    """The reference's MNIST constants (DESIGN §2.4)."""
+    """Step-size constants; the defaults are the reference's MNIST constants (DESIGN §2.4)."""
 
     h0: float = 1.0
     h_max: float = 10.0
@@ -34,36 +49,66 @@ class AMDOptions:
     grow: float = 1.1
     max_shrinks: int = 20
     sigma: float = 1e-5
-    spectral: bool = False
+    step: str = "flow"
+
+    def __post_init__(self):
+        if self.step not in STEPS:
+            raise ConfigError(f"unknown AMD step rule {self.step!r}; expected one of {', '.join(STEPS)}")
+        if not (self.h0 > 0 and self.h_max > 0 and 0 < self.shrink < 1 and self.grow >= 1 and self.max_shrinks >= 0
+                and 0 <= self.sigma < 1):
+            raise ConfigError(
+                "AMD needs h0, h_max > 0, 0 < shrink < 1, grow >= 1, max_shrinks >= 0 and 0 <= sigma < 1; got "
+                f"h0={self.h0}, h_max={self.h_max}, shrink={self.shrink}, grow={self.grow}, "
+                f"max_shrinks={self.max_shrinks}, sigma={self.sigma}")
 
 
 def solve_amd(objective, flow, x, weights, y0, rule: StopRule, *, options: AMDOptions = AMDOptions()):
     o = options
+    second_order = flow.velocity(y0) is not None
+    if second_order and o.step != "flow":
+        raise ConfigError(f"the AMD step rule {o.step!r} is for the first-order flow; "
+                          "the Nesterov flow uses step='flow'")
     active = begin(objective, flow, x, weights, y0)
     active.h = torch.full_like(active.t, o.h0)
     active.clock = torch.zeros_like(active.t)  # time since the last momentum restart
     active.shrinks = torch.zeros_like(active.steps)
+    if o.step == "bfgs":
+        eye = torch.eye(flow.latent_dim, dtype=y0.dtype, device=y0.device)
+        active.metric = (flow.alpha * eye).expand(len(active), -1, -1).clone()
+        active.fresh = torch.ones_like(active.steps, dtype=torch.bool)  # metric not yet learned
+
+    def trial(active: ActiveSet, h: torch.Tensor) -> torch.Tensor:
+        if o.step == "bfgs":
+            return active.y - h[:, None] * torch.bmm(active.metric, active.grad[:, :, None])[:, :, 0]
+        return flow.descent_step(active.y, active.grad, active.clock.to(active.y.dtype), h)
 
     def step(active: ActiveSet) -> None:
         h = step_sizes(active, active.h, rule)
-        y = flow.descent_step(active.y, active.grad, active.clock.to(active.y.dtype), h.to(active.y.dtype))
+        y = trial(active, h.to(active.y.dtype))
         loss, grad = objective.value_and_grad(flow.latent(y), active.x, active.w)
         active.nfe = active.nfe + 1
-        slope = (active.grad * (flow.latent(y) - flow.latent(active.y))).sum(1)
+        s = flow.latent(y) - flow.latent(active.y)
+        slope = (active.grad * s).sum(1)
         accept = torch.isfinite(loss) & torch.isfinite(grad).all(1) & (loss < active.loss)
         accept &= loss <= active.loss + o.sigma * slope
-        grown = h * o.grow
-        if o.spectral and flow.velocity(y) is None:
-            s_ = flow.latent(y) - flow.latent(active.y)
-            sy = (s_ * (grad - active.grad)).sum(1)
-            bb = (s_ * s_).sum(1) / (flow.alpha * sy)
-            grown = torch.where(sy > 0, bb.to(h.dtype), grown)
+        grown = (h * o.grow).clamp(max=o.h_max)
+        if o.step != "flow":
+            change = grad - active.grad
+            sy = (s * change).sum(1)
+            curved = accept & (sy > 0)
+            if o.step == "spectral":
+                spectral = (s * s).sum(1) / (flow.alpha * sy)
+                grown = torch.where(curved, spectral.to(h.dtype).clamp(max=o.h_max), grown)
+            else:
+                active.metric = _bfgs_update(active.metric, s, change, sy, curved, active.fresh)
+                active.fresh = active.fresh & ~curved
+                grown = torch.ones_like(h)  # a learned metric is tried at full length first
         commit(active, accept, y, loss, grad, h)
         active.clock = torch.where(accept, active.clock + h, active.clock)
-        active.h = torch.where(accept, grown.clamp(max=o.h_max), h * o.shrink)
+        active.h = torch.where(accept, grown, h * o.shrink)
         active.shrinks = torch.where(accept, 0, active.shrinks + 1)
-        velocity = flow.velocity(active.y)
-        if velocity is not None:
+        if second_order:
+            velocity = flow.velocity(active.y)
             uphill = accept & ((active.grad * velocity).sum(1) > 0)
             stuck = (active.shrinks > o.max_shrinks) & (velocity.abs().amax(1) > 0)
             restart = uphill | stuck
@@ -71,15 +116,44 @@ def solve_amd(objective, flow, x, weights, y0, rule: StopRule, *, options: AMDOp
             active.clock = torch.where(restart, 0.0, active.clock)
             active.shrinks = torch.where(stuck, 0, active.shrinks)
             active.h = torch.where(stuck, o.h_max, active.h)  # a restarted step moves ~h²: start wide
+        elif o.step == "bfgs":
+            stuck = (active.shrinks > o.max_shrinks) & ~active.fresh & ~at_precision(active)
+            eye = torch.eye(flow.latent_dim, dtype=active.y.dtype, device=active.y.device)
+            active.metric = torch.where(stuck[:, None, None], flow.alpha * eye, active.metric)
+            active.fresh = active.fresh | stuck
+            active.shrinks = torch.where(stuck, 0, active.shrinks)
+            active.h = torch.where(stuck, o.h0, active.h)
+
+    def at_precision(active: ActiveSet) -> torch.Tensor:
+        """Even the longest step's predicted decrease is below the loss's rounding error."""
+        if o.step == "bfgs":
+            predicted = (active.grad * torch.bmm(active.metric, active.grad[:, :, None])[:, :, 0]).sum(1)
+        else:
+            predicted = o.h_max * flow.alpha * active.grad.square().sum(1)
+        return predicted <= RESOLUTION * torch.finfo(active.loss.dtype).eps * active.loss.abs()
 
     def stalled(active: ActiveSet, status: torch.Tensor) -> torch.Tensor:
-        """No step lowers the loss: converged if even the largest step's predicted
-        decrease is below the loss's rounding error, stalled otherwise."""
+        """No step lowers the loss: converged if at precision, stalled otherwise."""
         failed = (status < 0) & (active.shrinks > o.max_shrinks)
-        predicted = o.h_max * flow.alpha * active.grad.square().sum(1)
-        resolution = RESOLUTION * torch.finfo(active.loss.dtype).eps * active.loss.abs()
-        at_precision = predicted <= resolution
-        status = torch.where(failed & at_precision, int(Status.CONVERGED), status)
-        return torch.where(failed & ~at_precision, int(Status.STALLED), status)
+        if not bool(failed.any()):
+            return status
+        precise = at_precision(active)
+        status = torch.where(failed & precise, int(Status.CONVERGED), status)
+        return torch.where(failed & ~precise, int(Status.STALLED), status)
 
     return integrate(active, flow, rule, step, stalled)
+
+
+def _bfgs_update(metric, s, y, sy, update, fresh):
+    """The BFGS inverse-Hessian update `(I - ρsyᵀ) H (I - ρysᵀ) + ρssᵀ` for the rows
+    in `update`; a fresh metric is first rescaled to `(sᵀy / yᵀy) I`
+    (Nocedal & Wright, eq. 6.20), which sets the step length's scale."""
+    d = metric.shape[-1]
+    eye = torch.eye(d, dtype=metric.dtype, device=metric.device)
+    sy_safe = torch.where(update, sy, 1.0)
+    scale = sy_safe / (y * y).sum(1).clamp_min(torch.finfo(y.dtype).tiny)
+    base = torch.where((update & fresh)[:, None, None], scale[:, None, None] * eye, metric)
+    rho = (1.0 / sy_safe)[:, None, None]
+    left = eye - rho * s[:, :, None] * y[:, None, :]
+    updated = torch.bmm(torch.bmm(left, base), left.transpose(1, 2)) + rho * s[:, :, None] * s[:, None, :]
+    return torch.where(update[:, None, None], updated, metric)
