@@ -41,12 +41,19 @@ def provenance(*, model_config: dict | None, settings: dict, input_path=None, in
     }
 
 
+def latents_path(path) -> Path:
+    """`path` as a latents file name, refused early (before any encoding work)
+    if its format is not one gfe writes."""
+    path = Path(path)
+    if path.suffix.lower() not in FORMATS:
+        raise DataError(f"cannot write latents to {path}: use one of {', '.join(FORMATS)}")
+    return path
+
+
 def write_latents(path, encoding: Encoding, meta: dict | None = None) -> Path:
     """Write `encoding` to `.h5`/`.hdf5`, `.npz` or `.npy` (latents only)."""
-    path = Path(path)
+    path = latents_path(path)
     suffix = path.suffix.lower()
-    if suffix not in FORMATS:
-        raise DataError(f"cannot write latents to {path}: use one of {', '.join(FORMATS)}")
     arrays = {name: getattr(encoding, name).detach().cpu().numpy() for name in _ARRAYS}
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:

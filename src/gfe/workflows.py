@@ -16,7 +16,7 @@ import torch
 from .data import load_dataset, split
 from .encode import Encoding, encode
 from .errors import ConfigError, DataError
-from .latents import provenance, read_latents, write_latents
+from .latents import latents_path, provenance, read_latents, write_latents
 from .losses import link
 from .models import Conv1dDecoder, Conv2dDecoder, MLPDecoder
 from .persist import atomic_path, file_sha256, load_model
@@ -82,6 +82,7 @@ def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_
 
 def encode_file(model, data, output, *, key=None, options=None, quiet=False) -> Encoding:
     """Encode the samples of `data` with the model in `model` and write `output`."""
+    output = latents_path(output)
     loaded = load_model(model)
     dataset = load_dataset(data, key)
     settings = {**loaded.settings.get("encode", {}), **(options or {})}
@@ -114,6 +115,9 @@ def _encode_with_encoder(loaded, x: np.ndarray, loss_name: str) -> Encoding:
 
 def decode_file(model, latents, output, *, quiet=False) -> np.ndarray:
     """Decode the latents in `latents` with `model` and write reconstructions (.npy)."""
+    output = Path(output)
+    if output.suffix.lower() != ".npy":
+        raise DataError(f"reconstructions are written as .npy; got {output}")
     loaded = load_model(model)
     z, meta = read_latents(latents)
     made_by = meta.get("model_weights_sha256")
@@ -129,9 +133,6 @@ def decode_file(model, latents, output, *, quiet=False) -> np.ndarray:
         out = link(loaded.settings.get("encode", {}).get("loss", "bce"),
                    loaded.decoder(torch.from_numpy(np.asarray(z, dtype=np.float32))))
     recon = out.numpy()
-    output = Path(output)
-    if output.suffix.lower() != ".npy":
-        raise DataError(f"reconstructions are written as .npy; got {output}")
     output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(output) as tmp:
         np.save(tmp, recon)

@@ -1,0 +1,112 @@
+"""The `gfe` command end to end on tiny data: train, encode, decode, info, resume,
+and the one-line errors users get for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+import gfe
+from gfe.cli import main
+
+TRAIN = ["--latent-dim", "2", "--epochs", "2", "--batch-size", "8", "--optimizer", "adam", "--lr", "0.01",
+         "--encode-options", '{"max_steps": 20}', "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A small image set on disk and a model trained on it by `gfe train`."""
+    root = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(40, 4, 4)).astype(np.float32)
+    np.save(root / "images.npy", images)
+    assert main(["train", str(root / "images.npy"), "--out", str(root / "model"), *TRAIN]) == 0
+    return root
+
+
+def run(*argv) -> int:
+    try:
+        return main([str(a) for a in argv])
+    except SystemExit as exit_:  # argparse and parser.exit
+        return exit_.code
+
+
+def test_train_writes_a_model_directory_and_history(workdir):
+    model = workdir / "model"
+    assert {"weights.safetensors", "config.json", "history.csv"} <= {p.name for p in model.iterdir()}
+    rows = (model / "history.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,") and len(rows) == 3  # header + 2 epochs
+    config = json.loads((model / "config.json").read_text())
+    assert config["settings"]["method"] == "gfe-amd" and config["decoder"]["latent_dim"] == 2
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".npz", ".npy"])
+def test_encode_then_decode(workdir, suffix):
+    latents = workdir / f"latents{suffix}"
+    assert run("encode", workdir / "model", workdir / "images.npy", "-o", latents, "--quiet") == 0
+    expected = gfe.encode(gfe.load_model(workdir / "model").decoder, np.load(workdir / "images.npy"),
+                          **gfe.load_model(workdir / "model").settings["encode"])
+    if suffix == ".h5":
+        with h5py.File(latents) as f:
+            np.testing.assert_array_equal(f["z"][...], expected.z.numpy())
+            np.testing.assert_array_equal(f["steps"][...], expected.steps.numpy())
+            assert json.loads(f.attrs["provenance"])["input_sha256"]
+    recon = workdir / f"recon{suffix}.npy"
+    assert run("decode", workdir / "model", latents, "-o", recon, "--quiet") == 0
+    out = np.load(recon)
+    assert out.shape == (40, 4, 4) and ((out >= 0) & (out <= 1)).all()
+
+
+def test_info_reports_a_model_and_a_latents_file(workdir, capsys):
+    assert run("info", workdir / "model") == 0
+    assert json.loads(capsys.readouterr().out)["decoder"]["type"] == "mlp"
+    run("encode", workdir / "model", workdir / "images.npy", "-o", workdir / "info.h5", "--quiet")
+    assert run("info", workdir / "info.h5") == 0
+    assert json.loads(capsys.readouterr().out)["samples"] == 40
+
+
+def test_training_continues_with_resume_and_refuses_to_overwrite(workdir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run("train", workdir / "images.npy", "--out", out, *TRAIN) == 0
+    assert run("train", workdir / "images.npy", "--out", out, *TRAIN) == 2
+    assert "already holds a training run" in capsys.readouterr().err
+    args = [a if a != "2" or i != 3 else "3" for i, a in enumerate(TRAIN)]  # --epochs 3
+    assert run("train", workdir / "images.npy", "--out", out, *args, "--resume") == 0
+    assert len((out / "history.csv").read_text().splitlines()) == 4
+
+
+@pytest.mark.parametrize("method", ["ae", "gfe-nesterov", "gfe-rk4"])
+def test_other_methods_train_and_encode(workdir, tmp_path, method):
+    assert run("train", workdir / "images.npy", "--out", tmp_path / "m", *TRAIN, "--method", method) == 0
+    assert run("encode", tmp_path / "m", workdir / "images.npy", "-o", tmp_path / "z.npy", "--quiet") == 0
+    assert np.load(tmp_path / "z.npy").shape == (40, 2)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["encode", "{model}", "{root}/missing.npy", "-o", "{root}/z.npy"], "missing.npy"),
+    (["encode", "{root}/no-model", "{root}/images.npy", "-o", "{root}/z.npy"], "no-model"),
+    (["encode", "{model}", "{root}/wide.npy", "-o", "{root}/z.npy"], "shape"),
+    (["encode", "{model}", "{root}/nan.npy", "-o", "{root}/z.npy"], "NaN"),
+    (["encode", "{model}", "{root}/images.npy", "-o", "{root}/z.txt"], "z.txt"),
+    (["decode", "{model}", "{root}/wrong-dim.npy", "-o", "{root}/r.npy"], "2"),
+    (["train", "{root}/images.npy", "--out", "{root}/bad", "--latent-dim", "0"], "latent_dim"),
+])
+def test_bad_input_is_one_clear_line(workdir, capsys, argv, message):
+    np.save(workdir / "wide.npy", np.zeros((3, 5, 5), np.float32))
+    np.save(workdir / "nan.npy", np.full((3, 4, 4), np.nan, np.float32))
+    np.save(workdir / "wrong-dim.npy", np.zeros((3, 7), np.float32))
+    argv = [a.format(model=workdir / "model", root=workdir) for a in argv]
+    assert run(*argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gfe: error: ") and message in err and "Traceback" not in err
+
+
+def test_module_entry_point_and_help():
+    done = subprocess.run([sys.executable, "-m", "gfe", "--help"], capture_output=True, text=True, check=True)
+    for command in ("demo", "train", "encode", "decode", "bench"):
+        assert command in done.stdout
