@@ -180,6 +180,31 @@ def _add_bench(sub) -> None:
     q.add_argument("--json", type=Path, default=None, help="write the results here")
     q.add_argument("--quiet", action="store_true", help="print nothing but errors")
     q.set_defaults(run=_bench_data_efficiency)
+    _add_bench_encode(bench)
+
+
+def _add_bench_encode(bench) -> None:
+    q = bench.add_parser(
+        "encode", help="encoding cost per sample of each solver setting, against the decoder's own rate",
+        description="Encode N samples with a trained decoder (--model, or the data-efficiency protocol's GFE-AMD "
+                    "decoder trained here on 1,000 samples) under several solver settings; report seconds, "
+                    "decoder evaluations per sample (mean, p95), loss relative to the best reachable, and the "
+                    "share of the decoder's own forward-plus-VJP rate and of the matmul bound.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    q.add_argument("--dataset", default="mnist", help=DATA_HELP)
+    q.add_argument("--model", type=Path, default=None, help="model directory written by 'gfe train'")
+    q.add_argument("--n", type=int, default=10_000, help="samples to encode")
+    q.add_argument("--batch", type=int, default=4096, help="samples per solver call")
+    q.add_argument("--json", type=Path, default=None, help="write the results here")
+    q.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    q.set_defaults(run=_bench_encode)
+
+
+def _bench_encode(args) -> None:
+    from .bench import encoding
+
+    result = encoding.run(args.dataset, model=args.model, n=args.n, batch=args.batch, progress=not args.quiet)
+    _emit(result, args.json, args.quiet)
 
 
 def _bench_data_efficiency(args) -> None:

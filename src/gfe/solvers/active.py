@@ -75,15 +75,20 @@ class StopRule:
     ftol: float = 0.0
 
 
-def stop_status(active: ActiveSet, flow, rule: StopRule, nonfinite: torch.Tensor) -> torch.Tensor:
-    """Status for each active sample that must stop now, -1 for those that go on.
+def pending(active: ActiveSet) -> torch.Tensor:
+    """A status vector in which no sample has stopped yet."""
+    return torch.full_like(active.rows, -1)
+
+
+def stop_status(active: ActiveSet, flow, rule: StopRule, nonfinite: torch.Tensor) -> torch.Tensor | None:
+    """Status for each active sample that must stop now, -1 for those that go on;
+    None (cheaply, the usual case) when no sample stops.
 
     Later rules take precedence: step budget, then tau, then convergence, then a
     non-finite evaluation (`nonfinite`; the sample keeps its last finite state).
     """
-    status = torch.full_like(active.rows, -1)
-    status = torch.where(active.steps >= rule.max_steps, int(Status.STEP_BUDGET), status)
-    status = torch.where(active.t >= rule.tau * (1 - 1e-12), int(Status.TAU_REACHED), status)
+    budget = active.steps >= rule.max_steps
+    reached = active.t >= rule.tau * (1 - 1e-12)
     converged = active.grad.norm(dim=1) <= rule.gtol
     velocity = flow.velocity(active.y)
     if velocity is not None:  # second-order flow: the motion must settle too
@@ -91,6 +96,10 @@ def stop_status(active: ActiveSet, flow, rule: StopRule, nonfinite: torch.Tensor
     elif rule.ftol > 0:  # a plateau says nothing while momentum builds up, so first order only
         decrease = active.prev_loss - active.loss
         converged |= (active.steps > 0) & (decrease.abs() <= rule.ftol * active.loss.abs())
+    if not bool((budget | reached | converged | nonfinite).any()):
+        return None
+    status = torch.where(budget, int(Status.STEP_BUDGET), pending(active))
+    status = torch.where(reached, int(Status.TAU_REACHED), status)
     status = torch.where(converged, int(Status.CONVERGED), status)
     return torch.where(nonfinite, int(Status.NON_FINITE), status)
 
@@ -120,17 +129,19 @@ def commit(active: ActiveSet, accept, y, loss, grad, h) -> None:
 
 def integrate(active: ActiveSet, flow, rule: StopRule, step, extra_stop=None) -> Results:
     """Drive `step(active)` until every sample has stopped, retiring samples as
-    they finish. `extra_stop(active, status)` lets a solver add its own reasons."""
+    they finish. `extra_stop(active, status)` lets a solver add its own reasons
+    (`status` may be None: no sample stops for the common reasons)."""
     results = Results(len(active), flow.state_dim, active.y)
     while len(active):
         status = stop_status(active, flow, rule, active.nonfinite)
         if extra_stop is not None:
             status = extra_stop(active, status)
-        done = status >= 0
-        if bool(done.any()):
-            results.retire(active, done, status)
-            if not len(active):
-                break
+        if status is not None:
+            done = status >= 0
+            if bool(done.any()):
+                results.retire(active, done, status)
+                if not len(active):
+                    break
         step(active)
     return results
 

@@ -13,7 +13,7 @@ import torch
 import torchode
 from torchode.single_step_methods.runge_kutta import ERKState
 
-from .active import ActiveSet, StopRule, begin, commit, integrate, step_sizes
+from .active import ActiveSet, StopRule, begin, commit, integrate, pending, step_sizes
 from .status import Status
 
 SAFETY, FACTOR_MIN, FACTOR_MAX = 0.9, 0.2, 10.0
@@ -65,8 +65,12 @@ def solve_dopri5(
         active.rejects = torch.where(accept, 0, active.rejects + 1)
         active.nonfinite = ~finite & (active.rejects > max_rejects)
 
-    def give_up(active: ActiveSet, status: torch.Tensor) -> torch.Tensor:
-        return torch.where((status < 0) & (active.rejects > max_rejects), int(Status.STALLED), status)
+    def give_up(active: ActiveSet, status: torch.Tensor | None) -> torch.Tensor | None:
+        failed = active.rejects > max_rejects
+        if not bool(failed.any()):
+            return status
+        status = pending(active) if status is None else status
+        return torch.where((status < 0) & failed, int(Status.STALLED), status)
 
     return integrate(active, flow, rule, step, give_up)
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from .active import ActiveSet, StopRule, begin, commit, integrate, step_sizes
+from .active import ActiveSet, StopRule, begin, commit, integrate, pending, step_sizes
 from .status import Status
 
 RESOLUTION = 16  # decreases below this many ulps of the loss cannot be measured
@@ -132,11 +132,13 @@ def solve_amd(objective, flow, x, weights, y0, rule: StopRule, *, options: AMDOp
             predicted = o.h_max * flow.alpha * active.grad.square().sum(1)
         return predicted <= RESOLUTION * torch.finfo(active.loss.dtype).eps * active.loss.abs()
 
-    def stalled(active: ActiveSet, status: torch.Tensor) -> torch.Tensor:
+    def stalled(active: ActiveSet, status: torch.Tensor | None) -> torch.Tensor | None:
         """No step lowers the loss: converged if at precision, stalled otherwise."""
-        failed = (status < 0) & (active.shrinks > o.max_shrinks)
+        failed = active.shrinks > o.max_shrinks
         if not bool(failed.any()):
             return status
+        status = pending(active) if status is None else status
+        failed &= status < 0
         precise = at_precision(active)
         status = torch.where(failed & precise, int(Status.CONVERGED), status)
         return torch.where(failed & ~precise, int(Status.STALLED), status)

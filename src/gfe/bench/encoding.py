@@ -1,0 +1,114 @@
+"""Encoding cost with a trained decoder: how many decoder evaluations and seconds
+each solver setting needs per sample, at what loss, and how close the whole
+encoding loop runs to the decoder's own forward-plus-VJP rate and to the
+machine's matrix-multiply bound, all measured in the same run.
+
+The loss every setting is judged by is the mean per-sample loss relative to the
+best one reachable (a long BFGS-metric run to a tiny gradient norm).
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import resource
+import time
+
+import numpy as np
+import torch
+
+from ..data import load_dataset, split
+from ..encode import encode
+from ..losses import Loss
+from ..models import MLPDecoder
+from ..objective import Objective
+from ..persist import load_model
+from ..train import TrainConfig, Trainer
+
+SETTINGS = {
+    "reference AMD (flow steps, to tau)": {"step": "flow"},
+    "AMD, spectral steps": {"step": "spectral", "h_max": 1000.0, "tau": math.inf, "gtol": 1e-4},
+    "AMD, BFGS metric (model default)": {"step": "bfgs"},
+    "AMD, BFGS metric, gtol 3e-4": {"step": "bfgs", "gtol": 3e-4},
+    "Nesterov + AMD": {"flow": "nesterov", "tau": math.inf, "gtol": 1e-4},
+}
+BEST = {"step": "bfgs", "gtol": 1e-7, "max_steps": 3000}
+
+
+def _decoder(model, dataset: str, seed: int, progress: bool):
+    """A trained decoder: the model directory given, or the data-efficiency
+    protocol's GFE-AMD decoder (1,000 samples, one pass) trained here."""
+    if model is not None:
+        loaded = load_model(model)
+        return loaded.decoder, loaded.settings.get("encode", {}).get("loss", "bce")
+    data = load_dataset(dataset)
+    x_train, _ = split(data.x, 1000, 0, seed=seed)
+    torch.manual_seed(seed)
+    trainer = Trainer(TrainConfig(latent_dim=20, batch_size=5, seed=seed), data.x.shape[1:],
+                      decoder=MLPDecoder(20, data.x.shape[1:]), progress=progress)
+    trainer.fit(x_train)
+    return trainer.decoder, "bce"
+
+
+def _rate(fn, repeats: int) -> float:
+    """Calls per second of `fn` after one warm-up call."""
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return repeats / (time.perf_counter() - start)
+
+
+def _matmul_gflops(size: int = 1024) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    return 2 * size**3 * _rate(lambda: a @ b, 20) / 1e9
+
+
+def run(dataset: str, *, model=None, n: int = 10_000, batch: int = 4096, settings: dict | None = None,
+        seed: int = 0, progress: bool = True) -> dict:
+    data = load_dataset(dataset)
+    decoder, loss_name = _decoder(model, dataset, seed, progress)
+    decoder.eval()
+    x = data.x[:n]
+    settings = SETTINGS if settings is None else settings
+    params = sum(p.numel() for p in decoder.parameters())
+    flops_per_eval = 4 * params  # forward and input-VJP: one multiply-add per weight each
+
+    xt = torch.from_numpy(x[:batch])
+    objective = Objective(decoder, Loss(loss_name))
+    zeros = torch.zeros(len(xt), decoder.latent_dim)
+    decoder_rate = len(xt) * _rate(lambda: objective.value_and_grad(zeros, xt), 5)
+    matmul = _matmul_gflops()
+
+    best = encode(decoder, x, loss=loss_name, chunk_size=batch, **BEST)
+    best_loss = float(best.loss.mean())
+    rows = []
+    for name, options in settings.items():
+        start = time.perf_counter()
+        enc = encode(decoder, x, loss=loss_name, chunk_size=batch, progress=progress, **options)
+        seconds = time.perf_counter() - start
+        evals = float(enc.nfe.sum())
+        rows.append({
+            "setting": name, "options": options, "samples": len(x), "seconds": seconds,
+            "ms_per_sample": 1e3 * seconds / len(x), "samples_per_second": len(x) / seconds,
+            "mean_loss": float(enc.loss.mean()), "loss_over_best": float(enc.loss.mean()) / best_loss - 1,
+            "mean_nfe": evals / len(x), "p95_nfe": float(np.percentile(enc.nfe.numpy(), 95)),
+            "mean_steps": float(enc.steps.float().mean()), "status": enc.status_counts(),
+            "evals_per_second": evals / seconds, "of_decoder_rate": evals / seconds / decoder_rate,
+            "gflops": evals * flops_per_eval / seconds / 1e9,
+            "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        })
+        if progress:
+            r = rows[-1]
+            print(f"{name:>36}: loss {r['mean_loss']:.5f} ({100 * r['loss_over_best']:+.2f}% of best), "
+                  f"{r['mean_nfe']:7.1f} evals/sample (p95 {r['p95_nfe']:.0f}), {r['ms_per_sample']:.2f} ms/sample, "
+                  f"{100 * r['of_decoder_rate']:.0f}% of the decoder's rate", flush=True)
+    return {
+        "benchmark": "encode", "dataset": data.name, "model": None if model is None else str(model),
+        "samples": len(x), "batch": batch, "decoder_parameters": params, "best_loss": best_loss,
+        "best_options": BEST, "decoder_evals_per_second": decoder_rate,
+        "decoder_gflops": decoder_rate * flops_per_eval / 1e9, "matmul_gflops": matmul,
+        "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()},
+        "results": rows,
+    }
