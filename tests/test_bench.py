@@ -1,0 +1,37 @@
+"""Benchmarks run end to end on tiny data and report what they promise."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from gfe.bench import data_efficiency, encoding
+from gfe.data import load_dataset
+from gfe.train import TrainConfig, Trainer
+
+
+def test_data_efficiency_reports_each_method_and_size():
+    result = data_efficiency.run("digits", ["gfe-amd", "ae"], [10, 20], n_test=15, latent_dim=2, progress=False)
+    rows = result["results"]
+    assert [(r["method"], r["samples"]) for r in rows] == [("gfe-amd", 10), ("ae", 10), ("gfe-amd", 20), ("ae", 20)]
+    for row in rows:
+        assert math.isfinite(row["test_loss"]) and row["train_seconds"] > 0
+    gfe_rows = [r for r in rows if r["method"] == "gfe-amd"]
+    assert all(r["train_mean_nfe"] >= r["train_mean_steps"] > 0 for r in gfe_rows)
+    assert all(math.isfinite(r["test_loss_reference_amd"]) for r in gfe_rows)
+
+
+def test_encode_benchmark_compares_settings_with_the_best_loss(tmp_path):
+    x = load_dataset("digits").x[:60]
+    trainer = Trainer(TrainConfig(latent_dim=3, batch_size=10, optimizer="adam", lr=1e-2), x.shape[1:],
+                      progress=False)
+    trainer.fit(x)
+    trainer.save_model(tmp_path / "model")
+    settings = {"bfgs": {"step": "bfgs"}, "capped": {"max_steps": 2}}
+    result = encoding.run("digits", model=tmp_path / "model", n=40, batch=16, settings=settings, progress=False)
+    rows = {r["setting"]: r for r in result["results"]}
+    assert rows["capped"]["mean_steps"] <= 2 and rows["capped"]["loss_over_best"] > rows["bfgs"]["loss_over_best"]
+    assert rows["bfgs"]["loss_over_best"] == pytest.approx(0, abs=1e-3)
+    assert result["decoder_evals_per_second"] > 0 and result["matmul_gflops"] > 0
+    assert all(0 < r["of_decoder_rate"] for r in rows.values())
