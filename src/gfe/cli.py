@@ -56,7 +56,7 @@ def _add_train(sub) -> None:
         description="Train a decoder on DATA and write a model directory (weights.safetensors, config.json, "
                     "history.csv). A checkpoint is written after every epoch; a killed run continues with --resume. "
                     "Under 'torchrun --nproc-per-node N -m gfe train ...' every batch is split across the N "
-                    "processes (gloo on CPU, NCCL on GPU) and the result matches one process; see docs/distributed.md.",
+                    "processes (DDP over gloo) and the result matches one process; see docs/distributed.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("data", help=DATA_HELP)
     p.add_argument("--out", required=True, type=Path, help="model directory to write")
@@ -222,6 +222,7 @@ def _add_bench(sub) -> None:
     q.add_argument("--json", type=Path, default=None, help="write the results here")
     q.add_argument("--quiet", action="store_true", help="print nothing but errors")
     q.set_defaults(run=_bench_data_efficiency)
+    _add_bench_sharded_encoding(bench)
 
 
 def _bench_data_efficiency(args) -> None:
@@ -229,6 +230,31 @@ def _bench_data_efficiency(args) -> None:
 
     result = data_efficiency.run(args.dataset, args.methods.split(","), args.samples, n_test=args.n_test,
                                  progress=not args.quiet)
+    _emit(result, args.json, args.quiet)
+
+
+def _add_bench_sharded_encoding(bench) -> None:
+    q = bench.add_parser(
+        "sharded-encoding", help="encoding speed of N processes (torchrun) against one",
+        description="Train a decoder briefly, then encode SAMPLES images with one process (one thread), one "
+                    "process with N threads, and N processes under torchrun (one thread each); report wall and "
+                    "encoding times, speed-ups, and whether the merged shards equal the single-process latents.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    q.add_argument("--dataset", default="mnist", help=DATA_HELP)
+    q.add_argument("--samples", type=int, default=2000, help="images to encode")
+    q.add_argument("--train-samples", type=int, default=100, help="images for the brief training (0: random decoder)")
+    q.add_argument("--max-steps", type=int, default=200, help="flow step budget per sample when encoding")
+    q.add_argument("--processes", type=int, default=2, help="N")
+    q.add_argument("--json", type=Path, default=None, help="write the results here")
+    q.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    q.set_defaults(run=_bench_sharded_encoding)
+
+
+def _bench_sharded_encoding(args) -> None:
+    from .bench import sharded_encoding
+
+    result = sharded_encoding.run(args.dataset, samples=args.samples, train_samples=args.train_samples,
+                                  max_steps=args.max_steps, processes=args.processes, progress=not args.quiet)
     _emit(result, args.json, args.quiet)
 
 
