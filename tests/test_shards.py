@@ -11,7 +11,8 @@ import torch
 
 from gfe import cli, shards
 from gfe.models import MLPDecoder
-from gfe.persist import save_model
+from gfe.latents import read_latents
+from gfe.persist import load_model, save_model
 
 N_SAMPLES, N_FEATURES = 14, 12
 ENCODE = {"flow": "first", "solver": "amd", "loss": "bce", "max_steps": 40, "gtol": 1e-4}
@@ -75,6 +76,10 @@ def test_two_shards_equal_single_process_encoding_exactly(tmp_path, job):
         assert gfe("encode", model, data, "-o", tmp_path / "out", "--shard", f"{index}/2", "--options", ALIGNED) == 0
     assert gfe("merge", tmp_path / "out", "-o", tmp_path / "merged.h5") == 0
     assert_same_arrays(tmp_path / "single.h5", tmp_path / "merged.h5")
+    _, meta = read_latents(tmp_path / "merged.h5")  # provenance lets 'gfe decode' check the model
+    _, single = read_latents(tmp_path / "single.h5")
+    assert meta["model_weights_sha256"] == single["model_weights_sha256"] == load_model(model).config["weights_sha256"]
+    assert meta["input_sha256"] == single["input_sha256"] and meta["merged_from"]["shards"] == 2
 
 
 def test_torchrun_ranks_take_their_own_shards(tmp_path, job, monkeypatch):

@@ -33,9 +33,9 @@ from .data import load_dataset
 from .distributed import launch_rank, split_bounds
 from .encode import Encoding, FlowEncoder
 from .errors import ConfigError, DataError
-from .latents import provenance, read_encoding, write_latents
+from .latents import read_encoding, write_latents
 from .persist import atomic_write_text, load_model
-from .workflows import _say, encode_samples, encode_settings
+from .workflows import _say, encode_samples, encode_settings, encoding_provenance
 
 MANIFEST = "manifest.json"
 FORMAT = "gfe-shards"
@@ -175,6 +175,7 @@ def encode_shards(model, data, outdir, *, shard: str | None = None, count: int |
     outdir = Path(outdir)
     _claim_folder(outdir, manifest)
     records = []
+    origin = encoding_provenance(loaded, settings, data)
     chunk_size = settings.get("chunk_size", inspect.signature(FlowEncoder).parameters["chunk_size"].default)
     for index in indices:
         start, stop = shard_bounds(len(x), count, index, chunk_size)
@@ -189,8 +190,7 @@ def encode_shards(model, data, outdir, *, shard: str | None = None, count: int |
         began = time.perf_counter()
         encoding = encode_samples(loaded, x[start:stop], options, progress=not quiet)
         seconds = time.perf_counter() - began
-        meta = provenance(model_config=loaded.config, settings=settings, input_path=data)
-        meta["shard"] = {**manifest, "index": index, "start": start, "stop": stop, "seconds": seconds}
+        meta = {**origin, "shard": {**manifest, "index": index, "start": start, "stop": stop, "seconds": seconds}}
         write_latents(path, encoding, meta)
         records.append({**record, "done": "encoded", "seconds": seconds})
         summary = encoding.summary()
@@ -228,8 +228,8 @@ def merge_shards(outdir, output, *, quiet: bool = False) -> Encoding:
         parts.append(encoding)
         metas.append(meta)
     merged = Encoding.concat(parts)
-    meta = {**metas[0], "shard": None, "merged_from": {"folder": str(outdir), "shards": count,
-                                                       "seconds": [m["shard"]["seconds"] for m in metas]}}
+    meta = {key: value for key, value in metas[0].items() if key != "shard"}
+    meta["merged_from"] = {"folder": str(outdir), "shards": count, "seconds": [m["shard"]["seconds"] for m in metas]}
     write_latents(output, merged, meta)
     _say(quiet, f"merged {count} shards ({len(merged)} samples) into {output}")
     return merged

@@ -101,15 +101,19 @@ def encode_samples(loaded, x: np.ndarray, options: dict | None, *, progress: boo
     return encode(loaded.decoder, x, progress=progress, **settings)
 
 
+def encoding_provenance(loaded, settings: dict, data) -> dict:
+    """Provenance of latents encoded from `data`, with its file's digest when it is a file."""
+    digest = file_sha256(data) if Path(str(data)).is_file() else None
+    return provenance(model_config=loaded.config, settings=settings, input_path=data, input_sha256=digest)
+
+
 def encode_file(model, data, output, *, key=None, options=None, quiet=False) -> Encoding:
     """Encode the samples of `data` with the model in `model` and write `output`."""
     loaded = load_model(model)
     dataset = load_dataset(data, key)
     settings = encode_settings(loaded, options)
     encoding = encode_samples(loaded, dataset.x, options, progress=not quiet)
-    digest = file_sha256(data) if Path(str(data)).is_file() else None
-    meta = provenance(model_config=loaded.config, settings=settings, input_path=data, input_sha256=digest)
-    write_latents(output, encoding, meta)
+    write_latents(output, encoding, encoding_provenance(loaded, settings, data))
     summary = encoding.summary()
     _say(quiet, f"encoded {summary['samples']} samples: mean loss {summary['mean_loss']:.5g}, "
                 f"{summary['mean_steps']:.1f} steps and {summary['mean_nfe']:.1f} decoder evaluations per "
