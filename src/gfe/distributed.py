@@ -7,8 +7,9 @@ decoder's forward and backward on the fixed latents, goes through PyTorch's
 `DistributedDataParallel`, which averages the gradients across processes.
 
 The process group comes from the environment `torchrun` sets (RANK, WORLD_SIZE,
-MASTER_ADDR, ...); its backend routes CPU tensors through gloo and CUDA tensors
-through NCCL, so the same code runs on laptops and GPU clusters.
+MASTER_ADDR, ...), on one machine or across the nodes of a cluster. Its backend
+is gloo, PyTorch's backend for CPU tensors, because gfe trains on the CPU; a
+trainer on GPUs would use NCCL ("cpu:gloo,cuda:nccl") and one process per GPU.
 """
 
 from __future__ import annotations
@@ -24,12 +25,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .errors import ConfigError
-
-
-
-def backend() -> str:
-    """gloo for CPU tensors, plus NCCL for CUDA tensors where PyTorch was built with it."""
-    return "cpu:gloo,cuda:nccl" if dist.is_nccl_available() else "gloo"
 
 
 def launch_rank() -> tuple[int, int]:
@@ -87,10 +82,7 @@ class Replicas:
 
         Wrapping broadcasts rank 0's parameters, so all replicas start equal.
         """
-        if self.world_size == 1:
-            return module
-        device = next(module.parameters()).device
-        return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+        return module if self.world_size == 1 else DistributedDataParallel(module)
 
     def sum(self, *values: float) -> tuple[float, ...]:
         """Sums of `values` over all processes (float64, so totals do not lose precision)."""
@@ -117,9 +109,7 @@ def process_group() -> Iterator[Replicas]:
     if missing:
         raise ConfigError(f"WORLD_SIZE is set but {', '.join(missing)} is not: start several processes with "
                           "torchrun (e.g. 'torchrun --nproc-per-node 2 -m gfe train ...'), which sets them all")
-    if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dist.init_process_group(backend())
+    dist.init_process_group("gloo")
     try:
         yield Replicas(dist.get_rank(), dist.get_world_size())
     finally:
