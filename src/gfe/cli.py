@@ -18,6 +18,9 @@ examples:
   gfe demo                                            # GFE vs autoencoder on the embedded digits
   gfe train digits --out runs/digits --epochs 3       # train a decoder, write a model directory
   gfe encode runs/digits data.npy -o latents.h5       # latents + per-sample loss, steps, status
+  gfe encode runs/digits data.npy -o shards/ --shard 0/4  # one of four shards (resumable); then:
+  gfe merge shards/ -o latents.h5                     # join the shards in input order
+  torchrun --nproc-per-node 2 -m gfe train digits --out runs/ddp  # data-parallel training (DDP)
   gfe decode runs/digits latents.h5 -o recon.npy      # reconstructions from latents
   gfe info runs/digits                                # what a model or latents file holds
   gfe bench data-efficiency --dataset mnist=../shared/data/mnist-10k.npz --samples 100,1000
@@ -51,7 +54,9 @@ def _add_train(sub) -> None:
     p = sub.add_parser(
         "train", help="train a decoder (GFE) or the autoencoder baseline",
         description="Train a decoder on DATA and write a model directory (weights.safetensors, config.json, "
-                    "history.csv). A checkpoint is written after every epoch; a killed run continues with --resume.",
+                    "history.csv). A checkpoint is written after every epoch; a killed run continues with --resume. "
+                    "Under 'torchrun --nproc-per-node N -m gfe train ...' every batch is split across the N "
+                    "processes (DDP over gloo) and the result matches one process; see docs/distributed.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("data", help=DATA_HELP)
     p.add_argument("--out", required=True, type=Path, help="model directory to write")
@@ -78,12 +83,15 @@ def _add_train(sub) -> None:
 
 
 def _train(args) -> None:
+    from .distributed import process_group
     from .workflows import train_model
 
-    train_model(args.data, args.out, key=args.key, method=args.method, decoder=args.decoder,
-                latent_dim=args.latent_dim, epochs=args.epochs, batch_size=args.batch_size,
-                optimizer=args.optimizer, lr=args.lr, loss=args.loss, val_fraction=args.val_fraction,
-                seed=args.seed, encode_options=args.encode_options, resume=args.resume, quiet=args.quiet)
+    with process_group() as replicas:
+        train_model(args.data, args.out, key=args.key, method=args.method, decoder=args.decoder,
+                    latent_dim=args.latent_dim, epochs=args.epochs, batch_size=args.batch_size,
+                    optimizer=args.optimizer, lr=args.lr, loss=args.loss, val_fraction=args.val_fraction,
+                    seed=args.seed, encode_options=args.encode_options, resume=args.resume, quiet=args.quiet,
+                    replicas=replicas)
 
 
 def _add_encode(sub) -> None:
@@ -96,18 +104,52 @@ def _add_encode(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", type=Path, help="model directory written by 'gfe train'")
     p.add_argument("data", help=DATA_HELP)
-    p.add_argument("-o", "--output", required=True, type=Path, help="latents file (.h5, .npz or .npy)")
+    p.add_argument("-o", "--output", required=True, type=Path,
+                   help="latents file (.h5, .npz or .npy); with --shard, --shards or under torchrun, a folder "
+                        "of shard files")
     p.add_argument("--key", help="array name in an .npz or dataset path in an HDF5 file")
     p.add_argument("--options", type=_json_dict, default=None,
                    help="JSON overrides of the model's encode settings, e.g. '{\"gtol\": 1e-6}'")
+    shards = p.add_mutually_exclusive_group()
+    shards.add_argument("--shard", metavar="INDEX/COUNT",
+                        help="encode only shard INDEX (from 0) of COUNT contiguous shards into the folder -o, "
+                             "e.g. one per cluster job; join them with 'gfe merge'")
+    shards.add_argument("--shards", type=int, metavar="COUNT",
+                        help="split the samples into COUNT shards and encode those not yet in the folder -o "
+                             "(a killed run resumes); under 'torchrun --nproc-per-node N -m gfe encode' each "
+                             "process takes every N-th shard (default there: one shard per process)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(run=_encode)
 
 
 def _encode(args) -> None:
+    from .distributed import launched_by_torchrun
+    from .shards import encode_shards
     from .workflows import encode_file
 
-    encode_file(args.model, args.data, args.output, key=args.key, options=args.options, quiet=args.quiet)
+    if args.shard is None and args.shards is None and not launched_by_torchrun():
+        encode_file(args.model, args.data, args.output, key=args.key, options=args.options, quiet=args.quiet)
+    else:
+        encode_shards(args.model, args.data, args.output, shard=args.shard, count=args.shards, key=args.key,
+                      options=args.options, quiet=args.quiet)
+
+
+def _add_merge(sub) -> None:
+    p = sub.add_parser(
+        "merge", help="join the shard files of a sharded encoding",
+        description="Join the shard files that 'gfe encode ... --shard/--shards' wrote into OUTDIR into one "
+                    "latents file, in input order. Refuses, writing nothing, when a shard is missing or "
+                    "belongs to another model, input or settings.")
+    p.add_argument("outdir", type=Path, help="folder written by 'gfe encode ... -o OUTDIR --shard I/N'")
+    p.add_argument("-o", "--output", required=True, type=Path, help="latents file (.h5, .npz or .npy)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.set_defaults(run=lambda args: _merge(args))
+
+
+def _merge(args) -> None:
+    from .shards import merge_shards
+
+    merge_shards(args.outdir, args.output, quiet=args.quiet)
 
 
 def _add_decode(sub) -> None:
@@ -181,6 +223,7 @@ def _add_bench(sub) -> None:
     q.add_argument("--quiet", action="store_true", help="print nothing but errors")
     q.set_defaults(run=_bench_data_efficiency)
     _add_bench_encode(bench)
+    _add_bench_sharded_encoding(bench)
 
 
 def _add_bench_encode(bench) -> None:
@@ -215,6 +258,31 @@ def _bench_data_efficiency(args) -> None:
     _emit(result, args.json, args.quiet)
 
 
+def _add_bench_sharded_encoding(bench) -> None:
+    q = bench.add_parser(
+        "sharded-encoding", help="encoding speed of N processes (torchrun) against one",
+        description="Train a decoder briefly, then encode SAMPLES images with one process (one thread), one "
+                    "process with N threads, and N processes under torchrun (one thread each); report wall and "
+                    "encoding times, speed-ups, and whether the merged shards equal the single-process latents.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    q.add_argument("--dataset", default="mnist", help=DATA_HELP)
+    q.add_argument("--samples", type=int, default=2000, help="images to encode")
+    q.add_argument("--train-samples", type=int, default=100, help="images for the brief training (0: random decoder)")
+    q.add_argument("--max-steps", type=int, default=200, help="flow step budget per sample when encoding")
+    q.add_argument("--processes", type=int, default=2, help="N")
+    q.add_argument("--json", type=Path, default=None, help="write the results here")
+    q.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    q.set_defaults(run=_bench_sharded_encoding)
+
+
+def _bench_sharded_encoding(args) -> None:
+    from .bench import sharded_encoding
+
+    result = sharded_encoding.run(args.dataset, samples=args.samples, train_samples=args.train_samples,
+                                  max_steps=args.max_steps, processes=args.processes, progress=not args.quiet)
+    _emit(result, args.json, args.quiet)
+
+
 def _emit(result: dict, path: Path | None, quiet: bool) -> None:
     from .persist import atomic_write_text
 
@@ -234,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "decoder, and the decoder is trained on those latents.")
     parser.add_argument("--version", action="version", version=f"gfe {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_demo, _add_train, _add_encode, _add_decode, _add_info, _add_bench):
+    for add in (_add_demo, _add_train, _add_encode, _add_merge, _add_decode, _add_info, _add_bench):
         add(sub)
     return parser
 

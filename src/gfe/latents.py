@@ -70,6 +70,22 @@ def write_latents(path, encoding: Encoding, meta: dict | None = None) -> Path:
     return path
 
 
+def read_encoding(path) -> tuple[Encoding, dict]:
+    """The full `Encoding` (latents and per-sample statistics) of an `.h5` file
+    written by `write_latents`, and its provenance."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [name for name in _ARRAYS if name not in f]
+            if missing:
+                raise DataError(f"{path} lacks the datasets {missing}; is it a latents file written by gfe?")
+            encoding = Encoding(*(torch.from_numpy(f[name][()]) for name in _ARRAYS))
+            meta = json.loads(f.attrs.get("provenance", "{}"))
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read {path}: {err}") from err
+    return encoding, meta
+
+
 def read_latents(path) -> tuple[np.ndarray, dict]:
     """The latents `z` of a file written by `write_latents` (or any array file
     holding an (N, d) array), and its provenance (empty if it has none)."""

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .distributed import Replicas
 from .encode import FlowEncoder
 from .errors import ConfigError, ModelFileError
 from .losses import Loss
@@ -124,6 +125,8 @@ class Trainer:
     `checkpoint_dir`, if given, receives a checkpoint after each epoch;
     `Trainer.resume(checkpoint_dir, x_train, ...)` continues such a run.
     `callbacks` are called as `callback(trainer, record)` after each epoch.
+    `replicas` (from `gfe.distributed.process_group`) splits every batch across
+    the processes of a `torchrun` launch; the result matches one process.
     """
 
     def __init__(
@@ -135,6 +138,7 @@ class Trainer:
         checkpoint_dir=None,
         callbacks: tuple[Callable, ...] = (),
         progress: bool = True,
+        replicas: Replicas = Replicas(),
     ):
         self.config = config
         torch.manual_seed(config.seed)
@@ -142,6 +146,11 @@ class Trainer:
         if tuple(self.decoder.out_shape) != tuple(feature_shape):
             raise ConfigError(f"decoder output shape {self.decoder.out_shape} differs from the data's {tuple(feature_shape)}")
         self.encoder = None if config.is_gfe else build_encoder(self.decoder)
+        if self.encoder is not None and replicas.world_size > 1:
+            raise ConfigError("the autoencoder baseline trains in one process; distributed training "
+                              "supports the gfe-* methods")
+        self.replicas = replicas
+        self.update_decoder = replicas.wrap(self.decoder)  # the flow must use the plain decoder
         params = list(self.decoder.parameters()) + (list(self.encoder.parameters()) if self.encoder else [])
         self.optimizer = OPTIMIZERS[config.optimizer](params, lr=config.lr)
         self.loss = Loss(config.loss)
@@ -158,21 +167,25 @@ class Trainer:
         if self.encoder is not None:
             z = self.encoder(x)
             return z, 0, 0
+        if len(x) == 0:  # a replica's share of a batch smaller than the group
+            return x.new_zeros((0, self.decoder.latent_dim)), 0, 0
         flow = self.flow_encoder if training else self.eval_encoder
         enc = flow(x, x.new_zeros((x.shape[0], self.decoder.latent_dim)))
         return enc.z, int(enc.steps.sum()), int(enc.nfe.sum())
 
     def evaluate(self, x, batch_size: int = 1000) -> float:
         """Mean per-sample loss of `x` reconstructed from its latents (encoder or
-        flow from z0 = 0, with `eval_options`)."""
+        flow from z0 = 0, with `eval_options`); each replica encodes its share."""
         x = self._tensor(x)
+        mine = x[self.replicas.rows(len(x))]
         total = 0.0
-        for lo in range(0, len(x), batch_size):
-            xb = x[lo : lo + batch_size]
+        for lo in range(0, len(mine), batch_size):
+            xb = mine[lo : lo + batch_size]
             with torch.no_grad() if self.encoder is not None else torch.enable_grad():
                 z, _, _ = self.latents(xb, training=False)
             with torch.no_grad():
                 total += float(self.loss(self.decoder(z), xb, z).sum())
+        (total,) = self.replicas.sum(total)
         return total / len(x)
 
     # ---------------------------------------------------------------- training
@@ -183,8 +196,9 @@ class Trainer:
         for epoch in range(len(self.history), self.config.epochs):
             record = self._epoch(epoch, x_train, x_val)
             self.history.append(record)
-            if self.checkpoint_dir is not None:
+            if self.checkpoint_dir is not None and self.replicas.is_writer:
                 self.save_checkpoint(self.checkpoint_dir)
+            self.replicas.barrier()  # no replica runs ahead of the last complete checkpoint
             for callback in self.callbacks:
                 callback(self, record)
         return self.history
@@ -199,15 +213,17 @@ class Trainer:
                    disable=not self.progress, leave=False, unit="batch")
         for lo in bar:
             xb = x[order[lo : lo + bs]]
-            z, s, n = self.latents(xb, training=True)
-            loss = self.loss(self.decoder(z.detach() if self.encoder is None else z), xb, z).mean()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss became {float(loss)} in epoch {epoch + 1}; lower lr")
+            mine = xb[self.replicas.rows(len(xb))]
+            z, s, n = self.latents(mine, training=True)
+            summed = self.loss(self.update_decoder(z.detach() if self.encoder is None else z), mine, z).sum()
+            if not torch.isfinite(summed):
+                raise FloatingPointError(f"training loss became {float(summed)} in epoch {epoch + 1}; lower lr")
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (summed * self.replicas.loss_scale(len(xb))).backward()
             self.optimizer.step()
-            total += float(loss.detach()) * len(xb)
+            total += float(summed.detach())
             steps, nfe = steps + s, nfe + n
+        total, steps, nfe = self.replicas.sum(total, steps, nfe)
         seconds = time.perf_counter() - start
         val = self.evaluate(x_val) if x_val is not None else math.nan
         return EpochRecord(epoch + 1, total / len(x), val, seconds, len(x), steps / len(x), nfe / len(x))

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .data import load_dataset, split
+from .distributed import Replicas
 from .encode import Encoding, encode
 from .errors import ConfigError, DataError
 from .latents import latents_path, provenance, read_latents, write_latents
@@ -34,12 +35,14 @@ def _say(quiet: bool, text: str) -> None:
 
 def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_dim=20, epochs=1, batch_size=5,
                 optimizer="rmsprop", lr=5e-4, loss="bce", val_fraction=0.1, seed=0, encode_options=None,
-                resume=False, quiet=False) -> Trainer:
+                resume=False, quiet=False, replicas: Replicas = Replicas()) -> Trainer:
     """Train on the samples in `data` and write the model directory `out`.
 
     Checkpoints go to `out/checkpoints`; with `resume`, the run there continues
     (to `epochs` epochs) instead of a new one being started. Refuses to start
-    over an existing run, so no work is lost by a mistyped command.
+    over an existing run, so no work is lost by a mistyped command. With
+    `replicas` of a torchrun launch, batches are split across the processes and
+    only rank 0 writes files and reports.
     """
     if decoder not in DECODER_KINDS:
         raise ConfigError(f"unknown decoder {decoder!r}; expected one of {', '.join(DECODER_KINDS)}")
@@ -50,9 +53,11 @@ def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_
     x_train, x_val = split(dataset.x, len(dataset.x) - n_val, n_val, seed=seed)
     out = Path(out)
     checkpoints = out / CHECKPOINTS
+    quiet = quiet or not replicas.is_writer
     progress = not quiet
     if resume:
-        trainer = Trainer.resume(checkpoints, progress=progress)
+        replicas.barrier()  # every replica resumes from the same checkpoint
+        trainer = Trainer.resume(checkpoints, progress=progress, replicas=replicas)
         trainer.config = dataclasses.replace(trainer.config, epochs=epochs)
         _say(quiet, f"resuming {checkpoints} after epoch {len(trainer.history)} of {epochs}")
     else:
@@ -65,7 +70,7 @@ def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_
         torch.manual_seed(seed)
         model = DECODER_KINDS[decoder](latent_dim, dataset.x.shape[1:])
         trainer = Trainer(config, dataset.x.shape[1:], decoder=model, checkpoint_dir=checkpoints,
-                          progress=progress)
+                          progress=progress, replicas=replicas)
 
     def report(_, record):
         _say(quiet, f"epoch {record.epoch}: train loss {record.train_loss:.4f}, validation loss "
@@ -73,6 +78,8 @@ def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_
 
     trainer.callbacks = (*trainer.callbacks, report)
     trainer.fit(x_train, x_val if n_val else None)
+    if not replicas.is_writer:
+        return trainer
     trainer.save_model(out, extra_settings={"data": str(data), "scaling": dataset.scaling,
                                             "feature_shape": list(dataset.x.shape[1:])})
     trainer.write_history_csv(out / "history.csv")
@@ -80,19 +87,34 @@ def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_
     return trainer
 
 
+def encode_settings(loaded, options: dict | None) -> dict:
+    """The model's stored encode settings with the user's `options` on top."""
+    return {**loaded.settings.get("encode", {}), **(options or {})}
+
+
+def encode_samples(loaded, x: np.ndarray, options: dict | None, *, progress: bool = False) -> Encoding:
+    """Encode samples with a loaded model: the flow, or an autoencoder's encoder
+    unless encode `options` ask for the flow."""
+    settings = encode_settings(loaded, options)
+    if loaded.encoder is not None and not options:
+        return _encode_with_encoder(loaded, x, settings["loss"])
+    return encode(loaded.decoder, x, progress=progress, **settings)
+
+
+def encoding_provenance(loaded, settings: dict, data) -> dict:
+    """Provenance of latents encoded from `data`, with its file's digest when it is a file."""
+    digest = file_sha256(data) if Path(str(data)).is_file() else None
+    return provenance(model_config=loaded.config, settings=settings, input_path=data, input_sha256=digest)
+
+
 def encode_file(model, data, output, *, key=None, options=None, quiet=False) -> Encoding:
     """Encode the samples of `data` with the model in `model` and write `output`."""
     output = latents_path(output)
     loaded = load_model(model)
     dataset = load_dataset(data, key)
-    settings = {**loaded.settings.get("encode", {}), **(options or {})}
-    if loaded.encoder is not None and not options:
-        encoding = _encode_with_encoder(loaded, dataset.x, settings["loss"])
-    else:
-        encoding = encode(loaded.decoder, dataset.x, progress=not quiet, **settings)
-    digest = file_sha256(data) if Path(str(data)).is_file() else None
-    meta = provenance(model_config=loaded.config, settings=settings, input_path=data, input_sha256=digest)
-    write_latents(output, encoding, meta)
+    settings = encode_settings(loaded, options)
+    encoding = encode_samples(loaded, dataset.x, options, progress=not quiet)
+    write_latents(output, encoding, encoding_provenance(loaded, settings, data))
     summary = encoding.summary()
     _say(quiet, f"encoded {summary['samples']} samples: mean loss {summary['mean_loss']:.5g}, "
                 f"{summary['mean_steps']:.1f} steps and {summary['mean_nfe']:.1f} decoder evaluations per "
