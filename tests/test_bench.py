@@ -20,6 +20,8 @@ def test_data_efficiency_reports_each_method_and_size():
     gfe_rows = [r for r in rows if r["method"] == "gfe-amd"]
     assert all(r["train_mean_nfe"] >= r["train_mean_steps"] > 0 for r in gfe_rows)
     assert all(math.isfinite(r["test_loss_reference_amd"]) for r in gfe_rows)
+    windows = gfe_rows[1]["steps_over_training"]
+    assert sum(w["samples"] for w in windows) == 20 and all(w["mean_nfe"] >= w["mean_steps"] > 0 for w in windows)
 
 
 def test_encode_benchmark_compares_settings_with_the_best_loss(tmp_path):

@@ -160,6 +160,10 @@ class Trainer:
         self.callbacks = callbacks
         self.progress = progress
         self.history: list[EpochRecord] = []
+        # (epoch, samples encoded, flow steps, decoder evaluations) of each batch
+        # this process trained on since it started (not checkpointed): how encoding
+        # cost evolves as the decoder learns
+        self.batch_log: list[tuple[int, int, int, int]] = []
 
     # ----------------------------------------------------------------- latents
     def latents(self, x: torch.Tensor, *, training: bool):
@@ -223,6 +227,7 @@ class Trainer:
             self.optimizer.step()
             total += float(summed.detach())
             steps, nfe = steps + s, nfe + n
+            self.batch_log.append((epoch + 1, len(mine), s, n))
         total, steps, nfe = self.replicas.sum(total, steps, nfe)
         seconds = time.perf_counter() - start
         val = self.evaluate(x_val) if x_val is not None else math.nan

@@ -26,6 +26,17 @@ def _decoder(shape: tuple[int, ...], latent_dim: int, seed: int):
     return default_decoder(shape, latent_dim)
 
 
+def _steps_over_training(batch_log, windows: int = 10) -> list[dict]:
+    """Mean flow steps and evaluations per sample in `windows` equal stretches of the pass."""
+    log = np.array([row[1:] for row in batch_log], dtype=float)  # samples, steps, evaluations
+    rows = []
+    for part in np.array_split(log, min(windows, len(log))):
+        seen = float(part[:, 0].sum())
+        rows.append({"samples": int(seen), "mean_steps": float(part[:, 1].sum()) / seen,
+                     "mean_nfe": float(part[:, 2].sum()) / seen})
+    return rows
+
+
 def run(
     dataset: str,
     methods: list[str],
@@ -63,6 +74,8 @@ def run(
                    "train_mean_nfe": record.mean_nfe, "train_loss": record.train_loss,
                    "train_encode_options": trainer.config.flow_options(training=True) if config.is_gfe else None,
                    "test_encode_options": trainer.settings()["encode"]}
+            if config.is_gfe:
+                row["steps_over_training"] = _steps_over_training(trainer.batch_log)
             if method == "gfe-amd":  # the reference's own test encoding: AMD's gradient steps, to tau
                 reference = encode(trainer.decoder, x_test, **{**trainer.settings()["encode"], "step": "flow"})
                 row["test_loss_reference_amd"] = float(reference.loss.mean())
