@@ -7,6 +7,7 @@ and the command line stays a thin parser.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 from pathlib import Path
 
@@ -135,6 +136,15 @@ def _encode_with_encoder(loaded, x: np.ndarray, loss_name: str) -> Encoding:
     return Encoding(z, loss, zeros, zeros, torch.full((n,), int(Status.CONVERGED)), torch.zeros(n, dtype=torch.float64))
 
 
+def reconstruct(loaded, z) -> np.ndarray:
+    """Reconstructions in data space of latents `z`: the decoder's output through
+    the loss's link (probabilities for bce, rates for poisson)."""
+    with torch.no_grad():
+        out = link(loaded.settings.get("encode", {}).get("loss", "bce"),
+                   loaded.decoder(torch.from_numpy(np.asarray(z, dtype=np.float32))))
+    return out.numpy()
+
+
 def decode_file(model, latents, output, *, quiet=False) -> np.ndarray:
     """Decode the latents in `latents` with `model` and write reconstructions (.npy)."""
     output = Path(output)
@@ -151,12 +161,49 @@ def decode_file(model, latents, output, *, quiet=False) -> np.ndarray:
         raise DataError(f"{latents} holds {z.shape[1]}-dimensional latents; {model} expects {latent_dim}")
     if not np.isfinite(z).all():
         raise DataError(f"{latents} holds non-finite latents")
-    with torch.no_grad():
-        out = link(loaded.settings.get("encode", {}).get("loss", "bce"),
-                   loaded.decoder(torch.from_numpy(np.asarray(z, dtype=np.float32))))
-    recon = out.numpy()
+    recon = reconstruct(loaded, z)
     output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(output) as tmp:
         np.save(tmp, recon)
     _say(quiet, f"decoded {len(recon)} samples of shape {recon.shape[1:]}; written to {output}")
     return recon
+
+
+def read_history(model) -> dict[str, np.ndarray] | None:
+    """The per-epoch history of a model directory as columns: its `history.csv`
+    (written by `gfe train`), else the history `GFE.save` stored; None if neither."""
+    path = Path(model) / "history.csv"
+    if path.is_file():
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    else:
+        rows = load_model(model).settings.get("estimator", {}).get("history", [])
+    if not rows:
+        return None
+    return {name: np.array([float(row[name]) for row in rows]) for name in rows[0]}
+
+
+def plot_model(model, data, out, *, key=None, samples=500, show=8, quiet=False) -> list[Path]:
+    """Write the figures of a trained model to the folder `out`: reconstructions
+    of the first `show` samples of `data` beside the originals, the training
+    curves (when the model has a history), and its first `samples` latents on
+    their principal axes coloured by loss. Returns the paths written."""
+    from . import plots
+
+    if samples < 1 or show < 1:
+        raise ConfigError(f"samples and show must be positive; got {samples} and {show}")
+    loaded = load_model(model)
+    x = load_dataset(data, key).x[:samples]
+    encoding = encode_samples(loaded, x, None, progress=not quiet)
+    z = encoding.z.detach().numpy()
+    name = Path(model).name
+    out = Path(out)
+    written = [plots.plot_reconstructions(x, {"reconstructed": reconstruct(loaded, z[:show])},
+                                          out / "reconstructions.png", n=show, title=f"{name}: samples of {data} and their reconstructions")]
+    history = read_history(model)
+    if history is not None:
+        written.append(plots.plot_history(history, out / "training.png", title=f"{name}: training"))
+    written.append(plots.plot_latent_space(z, encoding.loss.detach().numpy(), out / "latents.png",
+                                           title=f"{name}: {len(z)} latents of {data}"))
+    _say(quiet, "wrote " + ", ".join(str(p) for p in written))
+    return written
