@@ -79,6 +79,9 @@ def _add_train(sub) -> None:
     p.add_argument("--encode-options", type=_json_dict, default=None,
                    help="JSON options for the flow during training, e.g. '{\"gtol\": 1e-3}'")
     p.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
+    p.add_argument("--tensorboard", type=Path, metavar="DIR", default=None,
+                   help="also log each epoch's losses and flow steps for TensorBoard into DIR (needs the "
+                        "'tensorboard' extra); the history is always written to OUT/history.csv")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(run=_train)
 
@@ -92,7 +95,7 @@ def _train(args) -> None:
                     latent_dim=args.latent_dim, epochs=args.epochs, batch_size=args.batch_size,
                     optimizer=args.optimizer, lr=args.lr, loss=args.loss, val_fraction=args.val_fraction,
                     seed=args.seed, encode_options=args.encode_options, resume=args.resume, quiet=args.quiet,
-                    replicas=replicas)
+                    tensorboard=args.tensorboard, replicas=replicas)
 
 
 def _add_encode(sub) -> None:

@@ -7,6 +7,7 @@ and the command line stays a thin parser.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 from pathlib import Path
@@ -23,6 +24,7 @@ from .losses import link
 from .models import Conv1dDecoder, Conv2dDecoder, MLPDecoder
 from .persist import atomic_path, file_sha256, load_model
 from .solvers import Status
+from .tensorboard_log import TensorBoardLog
 from .train import TrainConfig, Trainer
 
 DECODER_KINDS = {"mlp": MLPDecoder, "conv1d": Conv1dDecoder, "conv2d": Conv2dDecoder}
@@ -36,12 +38,14 @@ def _say(quiet: bool, text: str) -> None:
 
 def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_dim=20, epochs=1, batch_size=5,
                 optimizer="rmsprop", lr=5e-4, loss="bce", val_fraction=0.1, seed=0, encode_options=None,
-                resume=False, quiet=False, replicas: Replicas = Replicas()) -> Trainer:
+                resume=False, quiet=False, tensorboard=None, replicas: Replicas = Replicas()) -> Trainer:
     """Train on the samples in `data` and write the model directory `out`.
 
     Checkpoints go to `out/checkpoints`; with `resume`, the run there continues
     (to `epochs` epochs) instead of a new one being started. Refuses to start
-    over an existing run, so no work is lost by a mistyped command. With
+    over an existing run, so no work is lost by a mistyped command. The history
+    is written to `out/history.csv`, and with `tensorboard` (a folder) also as
+    TensorBoard scalars. With
     `replicas` of a torchrun launch, batches are split across the processes and
     only rank 0 writes files and reports.
     """
@@ -78,7 +82,10 @@ def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_
                     f"{record.val_loss:.4f}, {record.seconds:.1f} s, {record.mean_steps:.1f} flow steps/sample")
 
     trainer.callbacks = (*trainer.callbacks, report)
-    trainer.fit(x_train, x_val if n_val else None)
+    with contextlib.ExitStack() as stack:
+        if tensorboard is not None and replicas.is_writer:
+            trainer.callbacks = (*trainer.callbacks, stack.enter_context(TensorBoardLog(tensorboard)))
+        trainer.fit(x_train, x_val if n_val else None)
     if not replicas.is_writer:
         return trainer
     trainer.save_model(out, extra_settings={"data": str(data), "scaling": dataset.scaling,
