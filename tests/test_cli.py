@@ -152,3 +152,37 @@ def test_tensorboard_without_the_package_is_one_clear_line(workdir, tmp_path, ca
     argv = ["train", workdir / "images.npy", "--out", tmp_path / "m", *TRAIN, "--tensorboard", tmp_path / "tb"]
     assert run(*argv) == 2
     assert "pip install 'gfe[tensorboard]'" in capsys.readouterr().err
+
+
+def test_latents_file_round_trip_with_provenance(workdir, capsys):
+    import torch
+
+    from gfe.latents import read_encoding
+    from gfe.persist import file_sha256
+
+    model, data, latents = workdir / "model", workdir / "images.npy", workdir / "provenance.h5"
+    assert run("encode", model, data, "-o", latents, "--quiet", "--options", '{"gtol": 1e-4}') == 0
+    loaded = gfe.load_model(model)
+    settings = {**loaded.settings["encode"], "gtol": 1e-4}
+    expected = gfe.encode(loaded.decoder, np.load(data), **settings)
+    encoding, meta = read_encoding(latents)
+    for name in ("z", "loss", "steps", "nfe", "status", "t"):
+        assert torch.equal(getattr(encoding, name), getattr(expected, name)), name
+    assert meta["model_weights_sha256"] == loaded.config["weights_sha256"]
+    assert meta["encode_settings"] == settings
+    assert meta["gfe_version"] == gfe.__version__ and meta["torch_version"] == torch.__version__
+    assert meta["input"] == str(data) and meta["input_sha256"] == file_sha256(data)
+    capsys.readouterr()
+    assert run("info", latents) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["samples"], info["latent_dim"]) == (40, 2) and info["provenance"] == meta
+
+
+def test_decoding_latents_of_another_model_is_refused(workdir, tmp_path, capsys):
+    other = tmp_path / "other"
+    assert run("train", workdir / "images.npy", "--out", other, *TRAIN, "--seed", "1") == 0
+    run("encode", workdir / "model", workdir / "images.npy", "-o", tmp_path / "z.h5", "--quiet")
+    assert run("decode", other, tmp_path / "z.h5", "-o", tmp_path / "r.npy", "--quiet") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gfe: error: ") and "was encoded with another model" in err
+    assert not (tmp_path / "r.npy").exists()
