@@ -110,3 +110,79 @@ def test_module_entry_point_and_help():
     done = subprocess.run([sys.executable, "-m", "gfe", "--help"], capture_output=True, text=True, check=True)
     for command in ("demo", "train", "encode", "decode", "bench"):
         assert command in done.stdout
+
+
+def test_quiet_prints_nothing_but_errors(workdir, tmp_path, capfd):
+    """Every command that reports progress is silent with --quiet, on stdout and
+    stderr (file descriptors, so progress bars and warnings count too)."""
+    data, model = workdir / "images.npy", workdir / "model"
+    capfd.readouterr()
+    commands = [["train", data, "--out", tmp_path / "m", *TRAIN],
+                ["encode", model, data, "-o", tmp_path / "z.h5", "--quiet"],
+                ["decode", model, tmp_path / "z.h5", "-o", tmp_path / "r.npy", "--quiet"],
+                ["plot", model, "--data", data, "--out", tmp_path / "figs", "--samples", "8", "--quiet"]]
+    for argv in commands:
+        assert run(*argv) == 0
+        assert capfd.readouterr() == ("", ""), argv[0]
+    # Without --quiet the same commands do report (so the test above can fail).
+    assert run("encode", model, data, "-o", tmp_path / "z.h5") == 0
+    out, err = capfd.readouterr()
+    assert "encoded 40 samples" in out and "encoding" in err  # summary, and the progress bar
+    # Errors are still printed.
+    assert run("encode", model, tmp_path / "missing.npy", "-o", tmp_path / "z.h5", "--quiet") == 2
+    assert "gfe: error: " in capfd.readouterr().err
+
+
+def test_training_logs_to_tensorboard(workdir, tmp_path):
+    pytest.importorskip("tensorboard", reason="TensorBoard logging needs the optional 'tensorboard' extra")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logs = tmp_path / "tb"
+    assert run("train", workdir / "images.npy", "--out", tmp_path / "m", *TRAIN, "--tensorboard", logs) == 0
+    events = EventAccumulator(str(logs)).Reload()
+    assert {"train/train_loss", "train/val_loss", "train/mean_steps"} <= set(events.Tags()["scalars"])
+    history = (tmp_path / "m" / "history.csv").read_text().splitlines()
+    losses = [float(row.split(",")[1]) for row in history[1:]]
+    assert [e.step for e in events.Scalars("train/train_loss")] == [1, 2]
+    assert [e.value for e in events.Scalars("train/train_loss")] == pytest.approx(losses)
+
+
+def test_tensorboard_without_the_package_is_one_clear_line(workdir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
+    argv = ["train", workdir / "images.npy", "--out", tmp_path / "m", *TRAIN, "--tensorboard", tmp_path / "tb"]
+    assert run(*argv) == 2
+    assert "pip install 'gfe[tensorboard]'" in capsys.readouterr().err
+
+
+def test_latents_file_round_trip_with_provenance(workdir, capsys):
+    import torch
+
+    from gfe.latents import read_encoding
+    from gfe.persist import file_sha256
+
+    model, data, latents = workdir / "model", workdir / "images.npy", workdir / "provenance.h5"
+    assert run("encode", model, data, "-o", latents, "--quiet", "--options", '{"gtol": 1e-4}') == 0
+    loaded = gfe.load_model(model)
+    settings = {**loaded.settings["encode"], "gtol": 1e-4}
+    expected = gfe.encode(loaded.decoder, np.load(data), **settings)
+    encoding, meta = read_encoding(latents)
+    for name in ("z", "loss", "steps", "nfe", "status", "t"):
+        assert torch.equal(getattr(encoding, name), getattr(expected, name)), name
+    assert meta["model_weights_sha256"] == loaded.config["weights_sha256"]
+    assert meta["encode_settings"] == settings
+    assert meta["gfe_version"] == gfe.__version__ and meta["torch_version"] == torch.__version__
+    assert meta["input"] == str(data) and meta["input_sha256"] == file_sha256(data)
+    capsys.readouterr()
+    assert run("info", latents) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["samples"], info["latent_dim"]) == (40, 2) and info["provenance"] == meta
+
+
+def test_decoding_latents_of_another_model_is_refused(workdir, tmp_path, capsys):
+    other = tmp_path / "other"
+    assert run("train", workdir / "images.npy", "--out", other, *TRAIN, "--seed", "1") == 0
+    run("encode", workdir / "model", workdir / "images.npy", "-o", tmp_path / "z.h5", "--quiet")
+    assert run("decode", other, tmp_path / "z.h5", "-o", tmp_path / "r.npy", "--quiet") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gfe: error: ") and "was encoded with another model" in err
+    assert not (tmp_path / "r.npy").exists()

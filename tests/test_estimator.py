@@ -194,3 +194,7 @@ def test_bad_parameters_fail_in_fit_not_init(X, params, error, match):
 def test_docstring_examples():
     result = doctest.testmod(gfe.estimator, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_exported_from_the_package():
+    assert gfe.GFE is GFE and "GFE" in gfe.__all__

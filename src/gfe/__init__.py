@@ -11,7 +11,17 @@ from .persist import load_model, save_model
 from .solvers import Status
 
 __all__ = [
-    "ConfigError", "Conv1dDecoder", "Conv2dDecoder", "DataError", "Encoding", "FlowEncoder",
+    "ConfigError", "Conv1dDecoder", "Conv2dDecoder", "DataError", "Encoding", "FlowEncoder", "GFE",
     "GFEError", "MLPDecoder", "ModelFileError", "Status", "encode", "load_model", "save_model",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    """`gfe.GFE` on first use: the estimator imports scikit-learn, which the
+    command line and the engine do not need (it takes seconds to import)."""
+    if name == "GFE":
+        from .estimator import GFE
+
+        return GFE
+    raise AttributeError(f"module 'gfe' has no attribute {name!r}")

@@ -22,6 +22,7 @@ examples:
   gfe merge shards/ -o latents.h5                     # join the shards in input order
   torchrun --nproc-per-node 2 -m gfe train digits --out runs/ddp  # data-parallel training (DDP)
   gfe decode runs/digits latents.h5 -o recon.npy      # reconstructions from latents
+  gfe plot runs/digits --data digits --out figs       # reconstructions, training curves, latent space
   gfe info runs/digits                                # what a model or latents file holds
   gfe bench data-efficiency --dataset mnist=../shared/data/mnist-10k.npz --samples 100,1000
 
@@ -78,6 +79,9 @@ def _add_train(sub) -> None:
     p.add_argument("--encode-options", type=_json_dict, default=None,
                    help="JSON options for the flow during training, e.g. '{\"gtol\": 1e-3}'")
     p.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
+    p.add_argument("--tensorboard", type=Path, metavar="DIR", default=None,
+                   help="also log each epoch's losses and flow steps for TensorBoard into DIR (needs the "
+                        "'tensorboard' extra); the history is always written to OUT/history.csv")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(run=_train)
 
@@ -91,7 +95,7 @@ def _train(args) -> None:
                     latent_dim=args.latent_dim, epochs=args.epochs, batch_size=args.batch_size,
                     optimizer=args.optimizer, lr=args.lr, loss=args.loss, val_fraction=args.val_fraction,
                     seed=args.seed, encode_options=args.encode_options, resume=args.resume, quiet=args.quiet,
-                    replicas=replicas)
+                    tensorboard=args.tensorboard, replicas=replicas)
 
 
 def _add_encode(sub) -> None:
@@ -168,6 +172,31 @@ def _decode(args) -> None:
     from .workflows import decode_file
 
     decode_file(args.model, args.latents, args.output, quiet=args.quiet)
+
+
+def _add_plot(sub) -> None:
+    p = sub.add_parser(
+        "plot", help="figures of a trained model: reconstructions, training curves, latent space",
+        description="Encode the first samples of DATA with MODEL and write into OUT: reconstructions.png "
+                    "(originals above their reconstructions: images as images, spectra as lines, 2-D maps as "
+                    "colour maps), training.png (loss and flow steps per epoch, from the model's history) and "
+                    "latents.png (the latents on their two principal axes, coloured by each sample's loss).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("model", type=Path, help="model directory written by 'gfe train'")
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("--out", required=True, type=Path, help="folder for the PNG files")
+    p.add_argument("--key", help="array name in an .npz or dataset path in an HDF5 file")
+    p.add_argument("--samples", type=int, default=500, help="samples encoded for the latent-space view")
+    p.add_argument("--show", type=int, default=8, help="samples shown with their reconstructions")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.set_defaults(run=_plot)
+
+
+def _plot(args) -> None:
+    from .workflows import plot_model
+
+    plot_model(args.model, args.data, args.out, key=args.key, samples=args.samples, show=args.show,
+               quiet=args.quiet)
 
 
 def _add_info(sub) -> None:
@@ -302,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "decoder, and the decoder is trained on those latents.")
     parser.add_argument("--version", action="version", version=f"gfe {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_demo, _add_train, _add_encode, _add_merge, _add_decode, _add_info, _add_bench):
+    for add in (_add_demo, _add_train, _add_encode, _add_merge, _add_decode, _add_plot, _add_info, _add_bench):
         add(sub)
     return parser
 

@@ -7,6 +7,8 @@ and the command line stays a thin parser.
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import dataclasses
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from .losses import link
 from .models import Conv1dDecoder, Conv2dDecoder, MLPDecoder
 from .persist import atomic_path, file_sha256, load_model
 from .solvers import Status
+from .tensorboard_log import TensorBoardLog
 from .train import TrainConfig, Trainer
 
 DECODER_KINDS = {"mlp": MLPDecoder, "conv1d": Conv1dDecoder, "conv2d": Conv2dDecoder}
@@ -35,12 +38,14 @@ def _say(quiet: bool, text: str) -> None:
 
 def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_dim=20, epochs=1, batch_size=5,
                 optimizer="rmsprop", lr=5e-4, loss="bce", val_fraction=0.1, seed=0, encode_options=None,
-                resume=False, quiet=False, replicas: Replicas = Replicas()) -> Trainer:
+                resume=False, quiet=False, tensorboard=None, replicas: Replicas = Replicas()) -> Trainer:
     """Train on the samples in `data` and write the model directory `out`.
 
     Checkpoints go to `out/checkpoints`; with `resume`, the run there continues
     (to `epochs` epochs) instead of a new one being started. Refuses to start
-    over an existing run, so no work is lost by a mistyped command. With
+    over an existing run, so no work is lost by a mistyped command. The history
+    is written to `out/history.csv`, and with `tensorboard` (a folder) also as
+    TensorBoard scalars. With
     `replicas` of a torchrun launch, batches are split across the processes and
     only rank 0 writes files and reports.
     """
@@ -77,7 +82,10 @@ def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_
                     f"{record.val_loss:.4f}, {record.seconds:.1f} s, {record.mean_steps:.1f} flow steps/sample")
 
     trainer.callbacks = (*trainer.callbacks, report)
-    trainer.fit(x_train, x_val if n_val else None)
+    with contextlib.ExitStack() as stack:
+        if tensorboard is not None and replicas.is_writer:
+            trainer.callbacks = (*trainer.callbacks, stack.enter_context(TensorBoardLog(tensorboard)))
+        trainer.fit(x_train, x_val if n_val else None)
     if not replicas.is_writer:
         return trainer
     trainer.save_model(out, extra_settings={"data": str(data), "scaling": dataset.scaling,
@@ -135,6 +143,15 @@ def _encode_with_encoder(loaded, x: np.ndarray, loss_name: str) -> Encoding:
     return Encoding(z, loss, zeros, zeros, torch.full((n,), int(Status.CONVERGED)), torch.zeros(n, dtype=torch.float64))
 
 
+def reconstruct(loaded, z) -> np.ndarray:
+    """Reconstructions in data space of latents `z`: the decoder's output through
+    the loss's link (probabilities for bce, rates for poisson)."""
+    with torch.no_grad():
+        out = link(loaded.settings.get("encode", {}).get("loss", "bce"),
+                   loaded.decoder(torch.from_numpy(np.asarray(z, dtype=np.float32))))
+    return out.numpy()
+
+
 def decode_file(model, latents, output, *, quiet=False) -> np.ndarray:
     """Decode the latents in `latents` with `model` and write reconstructions (.npy)."""
     output = Path(output)
@@ -151,12 +168,49 @@ def decode_file(model, latents, output, *, quiet=False) -> np.ndarray:
         raise DataError(f"{latents} holds {z.shape[1]}-dimensional latents; {model} expects {latent_dim}")
     if not np.isfinite(z).all():
         raise DataError(f"{latents} holds non-finite latents")
-    with torch.no_grad():
-        out = link(loaded.settings.get("encode", {}).get("loss", "bce"),
-                   loaded.decoder(torch.from_numpy(np.asarray(z, dtype=np.float32))))
-    recon = out.numpy()
+    recon = reconstruct(loaded, z)
     output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(output) as tmp:
         np.save(tmp, recon)
     _say(quiet, f"decoded {len(recon)} samples of shape {recon.shape[1:]}; written to {output}")
     return recon
+
+
+def read_history(model) -> dict[str, np.ndarray] | None:
+    """The per-epoch history of a model directory as columns: its `history.csv`
+    (written by `gfe train`), else the history `GFE.save` stored; None if neither."""
+    path = Path(model) / "history.csv"
+    if path.is_file():
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    else:
+        rows = load_model(model).settings.get("estimator", {}).get("history", [])
+    if not rows:
+        return None
+    return {name: np.array([float(row[name]) for row in rows]) for name in rows[0]}
+
+
+def plot_model(model, data, out, *, key=None, samples=500, show=8, quiet=False) -> list[Path]:
+    """Write the figures of a trained model to the folder `out`: reconstructions
+    of the first `show` samples of `data` beside the originals, the training
+    curves (when the model has a history), and its first `samples` latents on
+    their principal axes coloured by loss. Returns the paths written."""
+    from . import plots
+
+    if samples < 1 or show < 1:
+        raise ConfigError(f"samples and show must be positive; got {samples} and {show}")
+    loaded = load_model(model)
+    x = load_dataset(data, key).x[:samples]
+    encoding = encode_samples(loaded, x, None, progress=not quiet)
+    z = encoding.z.detach().numpy()
+    name = Path(model).name
+    out = Path(out)
+    written = [plots.plot_reconstructions(x, {"reconstructed": reconstruct(loaded, z[:show])},
+                                          out / "reconstructions.png", n=show, title=f"{name}: samples of {data} and their reconstructions")]
+    history = read_history(model)
+    if history is not None:
+        written.append(plots.plot_history(history, out / "training.png", title=f"{name}: training"))
+    written.append(plots.plot_latent_space(z, encoding.loss.detach().numpy(), out / "latents.png",
+                                           title=f"{name}: {len(z)} latents of {data}"))
+    _say(quiet, "wrote " + ", ".join(str(p) for p in written))
+    return written
