@@ -14,7 +14,6 @@ is drawn from `(seed, e)` and encodings are deterministic.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
@@ -31,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .distributed import Replicas
-from .encode import FlowEncoder
+from .encode import FlowEncoder, threads_for_rows
 from .errors import ConfigError, ModelFileError
 from .losses import Loss
 from .models import build_encoder, default_decoder
@@ -199,7 +198,7 @@ class Trainer:
         x_train = self._tensor(x_train)
         x_val = None if x_val is None else self._tensor(x_val)
         for epoch in range(len(self.history), self.config.epochs):
-            with _threads_for_batch(self.config.batch_size):
+            with threads_for_rows(self.config.batch_size):
                 record = self._epoch(epoch, x_train)
             if x_val is not None:
                 record = replace(record, val_loss=self.evaluate(x_val))
@@ -297,25 +296,6 @@ class Trainer:
             writer = csv.writer(fh)
             writer.writerow([f.name for f in fields(EpochRecord)])
             writer.writerows([list(asdict(r).values()) for r in self.history])
-
-
-SMALL_BATCH = 64
-
-
-@contextlib.contextmanager
-def _threads_for_batch(batch_size: int):
-    """Run an epoch of small batches on one intra-op thread. A flow step on a batch
-    of a few samples is a chain of tiny kernels: a second thread adds
-    synchronisation and, on a busy machine, waits for a descheduled partner
-    (measured on 2 cores with other work running: 17 s against 300 s for the same
-    300-sample pass at batch 5). Larger batches keep the configured threads."""
-    before = torch.get_num_threads()
-    if batch_size < SMALL_BATCH and before > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _flatten_state(state: dict) -> tuple[dict, dict]:
