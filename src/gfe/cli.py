@@ -23,6 +23,7 @@ examples:
   torchrun --nproc-per-node 2 -m gfe train digits --out runs/ddp  # data-parallel training (DDP)
   gfe decode runs/digits latents.h5 -o recon.npy      # reconstructions from latents
   gfe info runs/digits                                # what a model or latents file holds
+  gfe data ins --n 500 --out ins.h5                   # synthetic INS spectra (needs gfe[ins])
   gfe bench data-efficiency --dataset mnist=../shared/data/mnist-10k.npz --samples 100,1000
 
 Run 'gfe COMMAND --help' for the options of each command."""
@@ -207,6 +208,43 @@ def _demo(args) -> None:
     run_demo(args.out, samples=args.samples, quiet=args.quiet)
 
 
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="generate datasets")
+    kinds = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    q = kinds.add_parser(
+        "ins", help="synthetic inelastic neutron scattering spectra (needs the extra gfe[ins])",
+        description="Draw random stable Born-von Karman crystals (fcc, bcc, rocksalt, CsCl, zincblende) and "
+                    "temperatures, compute powder-averaged coherent one-phonon S(|Q|, E) with Debye-Waller and "
+                    "Bose factors and Gaussian resolution (Euphonic), and write HDF5: spectra, grids, the "
+                    "generating parameters (labels) and provenance. Needs Euphonic (GPL-3.0): "
+                    'pip install "gfe[ins]". See docs/spectra.md.',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    q.add_argument("--n", type=int, required=True, help="number of spectra")
+    q.add_argument("--kind", default="powder-map", choices=["powder-map", "spectrum-1d"],
+                   help="powder-map: S(|Q|, E) maps; spectrum-1d: the maps integrated over |Q|")
+    q.add_argument("--out", required=True, type=Path, help="HDF5 file to write (atomically)")
+    q.add_argument("--seed", type=int, default=0, help="the file is the same for a seed, whatever --workers")
+    q.add_argument("--counts", type=float, default=None,
+                   help="draw Poisson counts with this expected total per spectrum (default: noiseless)")
+    q.add_argument("--directions", type=int, default=500,
+                   help="wavevector directions per |Q| bin (powder-average noise falls as 1/sqrt of it)")
+    q.add_argument("--q-bins", type=int, default=64, help="|Q| bins over 0.5..8 1/angstrom (powder maps)")
+    q.add_argument("--e-bins", type=int, default=64, help="energy bins over 2..50 meV")
+    q.add_argument("--workers", type=int, default=1, help="worker processes")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(run=_data_ins)
+
+
+def _data_ins(args) -> None:
+    from .ins import generate
+
+    generate(args.n, out=args.out, kind=args.kind, seed=args.seed, workers=args.workers,
+             progress=not args.quiet, counts=args.counts, directions=args.directions,
+             q_bins=args.q_bins, e_bins=args.e_bins)
+    if not args.quiet:
+        print(f"{args.n} {args.kind} spectra written to {args.out}")
+
+
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks that write JSON")
     bench = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
@@ -302,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "decoder, and the decoder is trained on those latents.")
     parser.add_argument("--version", action="version", version=f"gfe {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_demo, _add_train, _add_encode, _add_merge, _add_decode, _add_info, _add_bench):
+    for add in (_add_demo, _add_data, _add_train, _add_encode, _add_merge, _add_decode, _add_info,
+                _add_bench):
         add(sub)
     return parser
 
