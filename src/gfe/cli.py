@@ -11,7 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-DATA_HELP = ("data: a .npy, .npz, .h5/.hdf5 or .csv file (one sample per row or leading index), "
+DATA_HELP = ("data: a .npy, .npz, .h5/.hdf5 or .csv file (one sample per row or leading index; an HDF5 file "
+             "with a 'spectra' dataset is read as INS spectra, with its grid and mask), "
              "'digits' (scikit-learn's embedded 8x8 digits) or 'mnist=PATH' (a local MNIST .npz)")
 EXAMPLES = """\
 examples:
@@ -74,6 +75,9 @@ def _add_train(sub) -> None:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--loss", default="bce", choices=["bce", "mse", "poisson"],
                    help="bce for data in [0, 1], mse for real values, poisson for counts")
+    p.add_argument("--normalise", default="none", choices=["none", "mean"],
+                   help="mean: divide each sample by its mean (over the mask of an INS spectra file), recorded "
+                        "in the model so encode and decode apply and undo it (not with --loss poisson)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of DATA held out for validation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--encode-options", type=_json_dict, default=None,
@@ -91,7 +95,8 @@ def _train(args) -> None:
         train_model(args.data, args.out, key=args.key, method=args.method, decoder=args.decoder,
                     latent_dim=args.latent_dim, epochs=args.epochs, batch_size=args.batch_size,
                     optimizer=args.optimizer, lr=args.lr, loss=args.loss, val_fraction=args.val_fraction,
-                    seed=args.seed, encode_options=args.encode_options, resume=args.resume, quiet=args.quiet,
+                    seed=args.seed, encode_options=args.encode_options, normalise=args.normalise, resume=args.resume,
+                    quiet=args.quiet,
                     replicas=replicas)
 
 
