@@ -267,6 +267,36 @@ def _add_bench(sub) -> None:
     q.set_defaults(run=_bench_data_efficiency)
     _add_bench_encode(bench)
     _add_bench_sharded_encoding(bench)
+    _add_bench_spectra(bench)
+
+
+def _add_bench_spectra(bench) -> None:
+    q = bench.add_parser(
+        "spectra", help="GFE vs autoencoder vs PCA on INS spectra: test error, physics in the latent, time",
+        description="On an INS spectra file (from 'gfe data ins'), train GFE (AMD and Nesterov), the autoencoder "
+                    "with the same convolutional decoder, and PCA, at equal latent size and several training "
+                    "sizes; report test reconstruction MSE (per-sample mean-normalised spectra), cross-validated "
+                    "ridge R^2 from test latents to the generating parameters, and training and encoding times. "
+                    "Writes the plots next to --json. See docs/spectra.md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    q.add_argument("--data", required=True, type=Path, help="INS spectra file with labels")
+    q.add_argument("--samples", type=_int_list, default=[50, 100, 300], help="training-set sizes")
+    q.add_argument("--methods", default="gfe-amd,gfe-nesterov,ae,pca", help="comma-separated methods")
+    q.add_argument("--n-test", type=int, default=100, help="held-out spectra")
+    q.add_argument("--latent-dim", type=int, default=8)
+    q.add_argument("--epochs", type=int, default=5, help="passes over the training spectra")
+    q.add_argument("--json", type=Path, default=None, help="write the results here (plots beside it)")
+    q.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    q.set_defaults(run=_bench_spectra)
+
+
+def _bench_spectra(args) -> None:
+    from .bench import spectra
+
+    result = spectra.run(args.data, args.samples, methods=args.methods.split(","), n_test=args.n_test,
+                         latent_dim=args.latent_dim, epochs=args.epochs,
+                         plots=None if args.json is None else args.json.parent, progress=not args.quiet)
+    _emit(result, args.json, args.quiet)
 
 
 def _add_bench_encode(bench) -> None:
