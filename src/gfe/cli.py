@@ -11,7 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-DATA_HELP = ("data: a .npy, .npz, .h5/.hdf5 or .csv file (one sample per row or leading index), "
+DATA_HELP = ("data: a .npy, .npz, .h5/.hdf5 or .csv file (one sample per row or leading index; an HDF5 file "
+             "with a 'spectra' dataset is read as INS spectra, with its grid and mask), "
              "'digits' (scikit-learn's embedded 8x8 digits) or 'mnist=PATH' (a local MNIST .npz)")
 EXAMPLES = """\
 examples:
@@ -24,6 +25,7 @@ examples:
   gfe decode runs/digits latents.h5 -o recon.npy      # reconstructions from latents
   gfe plot runs/digits --data digits --out figs       # reconstructions, training curves, latent space
   gfe info runs/digits                                # what a model or latents file holds
+  gfe data ins --n 500 --out ins.h5                   # synthetic INS spectra (needs gfe[ins])
   gfe bench data-efficiency --dataset mnist=../shared/data/mnist-10k.npz --samples 100,1000
 
 Run 'gfe COMMAND --help' for the options of each command."""
@@ -74,6 +76,9 @@ def _add_train(sub) -> None:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--loss", default="bce", choices=["bce", "mse", "poisson"],
                    help="bce for data in [0, 1], mse for real values, poisson for counts")
+    p.add_argument("--normalise", default="none", choices=["none", "mean"],
+                   help="mean: divide each sample by its mean (over the mask of an INS spectra file), recorded "
+                        "in the model so encode and decode apply and undo it (not with --loss poisson)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of DATA held out for validation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--encode-options", type=_json_dict, default=None,
@@ -94,8 +99,8 @@ def _train(args) -> None:
         train_model(args.data, args.out, key=args.key, method=args.method, decoder=args.decoder,
                     latent_dim=args.latent_dim, epochs=args.epochs, batch_size=args.batch_size,
                     optimizer=args.optimizer, lr=args.lr, loss=args.loss, val_fraction=args.val_fraction,
-                    seed=args.seed, encode_options=args.encode_options, resume=args.resume, quiet=args.quiet,
-                    tensorboard=args.tensorboard, replicas=replicas)
+                    seed=args.seed, encode_options=args.encode_options, normalise=args.normalise, resume=args.resume,
+                    quiet=args.quiet, tensorboard=args.tensorboard, replicas=replicas)
 
 
 def _add_encode(sub) -> None:
@@ -236,6 +241,43 @@ def _demo(args) -> None:
     run_demo(args.out, samples=args.samples, quiet=args.quiet)
 
 
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="generate datasets")
+    kinds = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    q = kinds.add_parser(
+        "ins", help="synthetic inelastic neutron scattering spectra (needs the extra gfe[ins])",
+        description="Draw random stable Born-von Karman crystals (fcc, bcc, rocksalt, CsCl, zincblende) and "
+                    "temperatures, compute powder-averaged coherent one-phonon S(|Q|, E) with Debye-Waller and "
+                    "Bose factors and Gaussian resolution (Euphonic), and write HDF5: spectra, grids, the "
+                    "generating parameters (labels) and provenance. Needs Euphonic (GPL-3.0): "
+                    'pip install "gfe[ins]". See docs/spectra.md.',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    q.add_argument("--n", type=int, required=True, help="number of spectra")
+    q.add_argument("--kind", default="powder-map", choices=["powder-map", "spectrum-1d"],
+                   help="powder-map: S(|Q|, E) maps; spectrum-1d: the maps integrated over |Q|")
+    q.add_argument("--out", required=True, type=Path, help="HDF5 file to write (atomically)")
+    q.add_argument("--seed", type=int, default=0, help="the file is the same for a seed, whatever --workers")
+    q.add_argument("--counts", type=float, default=None,
+                   help="draw Poisson counts with this expected total per spectrum (default: noiseless)")
+    q.add_argument("--directions", type=int, default=500,
+                   help="wavevector directions per |Q| bin (powder-average noise falls as 1/sqrt of it)")
+    q.add_argument("--q-bins", type=int, default=64, help="|Q| bins over 0.5..8 1/angstrom (powder maps)")
+    q.add_argument("--e-bins", type=int, default=64, help="energy bins over 2..50 meV")
+    q.add_argument("--workers", type=int, default=1, help="worker processes")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(run=_data_ins)
+
+
+def _data_ins(args) -> None:
+    from .ins import generate
+
+    generate(args.n, out=args.out, kind=args.kind, seed=args.seed, workers=args.workers,
+             progress=not args.quiet, counts=args.counts, directions=args.directions,
+             q_bins=args.q_bins, e_bins=args.e_bins)
+    if not args.quiet:
+        print(f"{args.n} {args.kind} spectra written to {args.out}")
+
+
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks that write JSON")
     bench = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
@@ -253,6 +295,36 @@ def _add_bench(sub) -> None:
     q.set_defaults(run=_bench_data_efficiency)
     _add_bench_encode(bench)
     _add_bench_sharded_encoding(bench)
+    _add_bench_spectra(bench)
+
+
+def _add_bench_spectra(bench) -> None:
+    q = bench.add_parser(
+        "spectra", help="GFE vs autoencoder vs PCA on INS spectra: test error, physics in the latent, time",
+        description="On an INS spectra file (from 'gfe data ins'), train GFE (AMD and Nesterov), the autoencoder "
+                    "with the same convolutional decoder, and PCA, at equal latent size and several training "
+                    "sizes; report test reconstruction MSE (per-sample mean-normalised spectra), cross-validated "
+                    "ridge R^2 from test latents to the generating parameters, and training and encoding times. "
+                    "Writes the plots next to --json. See docs/spectra.md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    q.add_argument("--data", required=True, type=Path, help="INS spectra file with labels")
+    q.add_argument("--samples", type=_int_list, default=[50, 100, 300], help="training-set sizes")
+    q.add_argument("--methods", default="gfe-amd,gfe-nesterov,ae,pca", help="comma-separated methods")
+    q.add_argument("--n-test", type=int, default=100, help="held-out spectra")
+    q.add_argument("--latent-dim", type=int, default=8)
+    q.add_argument("--epochs", type=int, default=5, help="passes over the training spectra")
+    q.add_argument("--json", type=Path, default=None, help="write the results here (plots beside it)")
+    q.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    q.set_defaults(run=_bench_spectra)
+
+
+def _bench_spectra(args) -> None:
+    from .bench import spectra
+
+    result = spectra.run(args.data, args.samples, methods=args.methods.split(","), n_test=args.n_test,
+                         latent_dim=args.latent_dim, epochs=args.epochs,
+                         plots=None if args.json is None else args.json.parent, progress=not args.quiet)
+    _emit(result, args.json, args.quiet)
 
 
 def _add_bench_encode(bench) -> None:
@@ -331,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "decoder, and the decoder is trained on those latents.")
     parser.add_argument("--version", action="version", version=f"gfe {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_demo, _add_train, _add_encode, _add_merge, _add_decode, _add_plot, _add_info, _add_bench):
+    for add in (_add_demo, _add_data, _add_train, _add_encode, _add_merge, _add_decode, _add_plot, _add_info,
+                _add_bench):
         add(sub)
     return parser
 

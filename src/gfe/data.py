@@ -168,9 +168,15 @@ def load_dataset(name_or_path: str, key: str | None = None) -> Dataset:
     """A built-in dataset ("digits", "mnist", "mnist=PATH") or an array file.
 
     Files are returned as float32 unchanged, except uint8 arrays, which are
-    divided by 255; rescale other data yourself to suit the loss.
+    divided by 255; rescale other data yourself to suit the loss. An HDF5 file
+    with a `spectra` dataset (and no `key`) is an INS spectra file: it is read
+    with `gfe.ins.load_spectra`, so its grids and mask come along.
     """
     name = str(name_or_path)
+    from .ins.io import is_spectra_file, load_spectra  # here: gfe.ins.io builds on this module
+
+    if key is None and is_spectra_file(name):
+        return load_spectra(name)
     if name == "digits":
         from sklearn.datasets import load_digits  # bundled with scikit-learn, offline
 

@@ -183,7 +183,7 @@ def encode(
     param = next(decoder.parameters())
     x = _as_batch(decoder, x, encoder.loss.name, param)
     start = _start(z0, seed, init_scale, x.shape[0], decoder.latent_dim, param)
-    return encoder(x, start, _weights(weights, x, param))
+    return encoder(x, start, as_weights(weights, x, param))
 
 
 def _solver(name: str, options: dict):
@@ -219,7 +219,8 @@ def _start(z0, seed, scale, n, d, like) -> torch.Tensor:
     return (scale * torch.randn((n, d), generator=gen, dtype=torch.float64)).to(like.device, like.dtype)
 
 
-def _weights(weights, x: torch.Tensor, like: torch.Tensor):
+def as_weights(weights, x: torch.Tensor, like: torch.Tensor):
+    """Validate feature weights (a mask) for the batch `x`; on `like`'s device and dtype."""
     if weights is None:
         return None
     w = torch.as_tensor(np.asarray(weights) if not isinstance(weights, torch.Tensor) else weights)

@@ -50,11 +50,13 @@ def latents_path(path) -> Path:
     return path
 
 
-def write_latents(path, encoding: Encoding, meta: dict | None = None) -> Path:
-    """Write `encoding` to `.h5`/`.hdf5`, `.npz` or `.npy` (latents only)."""
+def write_latents(path, encoding: Encoding, meta: dict | None = None, extra: dict | None = None) -> Path:
+    """Write `encoding` to `.h5`/`.hdf5`, `.npz` or `.npy` (latents only).
+    `extra` per-sample arrays (e.g. `scale`, the normalisation) join .h5 and .npz."""
     path = latents_path(path)
     suffix = path.suffix.lower()
     arrays = {name: getattr(encoding, name).detach().cpu().numpy() for name in _ARRAYS}
+    arrays.update(extra or {})
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         if suffix == ".npy":
@@ -105,3 +107,24 @@ def read_latents(path) -> tuple[np.ndarray, dict]:
     if z.ndim != 2:
         raise DataError(f"latents in {path} have shape {z.shape}; expected (n_samples, latent_dim)")
     return z, meta
+
+
+def read_scale(path, n: int) -> np.ndarray | None:
+    """The per-sample normalisation `scale` stored with latents (.h5 or .npz),
+    or None when the latents were encoded without one."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".h5", ".hdf5", ".npz") or not path.is_file():
+        return None
+    try:
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                scale = archive["scale"] if "scale" in archive.files else None
+        else:
+            with h5py.File(path, "r") as f:
+                scale = f["scale"][()] if "scale" in f else None
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read {path}: {err}") from err
+    if scale is not None and scale.shape != (n,):
+        raise DataError(f"{path}: scale has shape {scale.shape}; expected one value per latent ({n},)")
+    return scale

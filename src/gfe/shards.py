@@ -35,7 +35,7 @@ from .encode import Encoding, FlowEncoder
 from .errors import ConfigError, DataError
 from .latents import read_encoding, write_latents
 from .persist import atomic_write_text, load_model
-from .workflows import _say, encode_samples, encode_settings, encoding_provenance
+from .workflows import _say, encode_samples, encode_settings, encoding_provenance, prepare_spectra
 
 MANIFEST = "manifest.json"
 FORMAT = "gfe-shards"
@@ -163,7 +163,7 @@ def encode_shards(model, data, outdir, *, shard: str | None = None, count: int |
     """
     indices, count = assigned_shards(shard, count)
     loaded = load_model(model)
-    x = load_dataset(data, key).x
+    x, mask, scale = prepare_spectra(loaded, load_dataset(data, key))
     if count > len(x):
         raise ConfigError(f"cannot split {len(x)} samples into {count} shards; use at most {len(x)}")
     settings = encode_settings(loaded, options)
@@ -188,10 +188,10 @@ def encode_shards(model, data, outdir, *, shard: str | None = None, count: int |
             _say(quiet, f"shard {index}/{count} (samples {start}..{stop - 1}) is already done; skipped")
             continue
         began = time.perf_counter()
-        encoding = encode_samples(loaded, x[start:stop], options, progress=not quiet)
+        encoding = encode_samples(loaded, x[start:stop], options, progress=not quiet, weights=mask)
         seconds = time.perf_counter() - began
         meta = {**origin, "shard": {**manifest, "index": index, "start": start, "stop": stop, "seconds": seconds}}
-        write_latents(path, encoding, meta)
+        write_latents(path, encoding, meta, extra=None if scale is None else {"scale": scale[start:stop]})
         records.append({**record, "done": "encoded", "seconds": seconds})
         summary = encoding.summary()
         _say(quiet, f"shard {index}/{count} (samples {start}..{stop - 1}) encoded in {seconds:.1f} s: mean loss "

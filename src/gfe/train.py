@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .distributed import Replicas
-from .encode import FlowEncoder, threads_for_rows
+from .encode import FlowEncoder, as_weights, threads_for_rows
 from .errors import ConfigError, ModelFileError
 from .losses import Loss
 from .models import build_encoder, default_decoder
@@ -127,6 +127,8 @@ class Trainer:
     `callbacks` are called as `callback(trainer, record)` after each epoch.
     `replicas` (from `gfe.distributed.process_group`) splits every batch across
     the processes of a `torchrun` launch; the result matches one process.
+    `weights` (the feature shape; zeros mask features out, e.g. detector gaps)
+    weigh the loss in the flow, in the decoder's updates and in `evaluate`.
     """
 
     def __init__(
@@ -139,6 +141,7 @@ class Trainer:
         callbacks: tuple[Callable, ...] = (),
         progress: bool = True,
         replicas: Replicas = Replicas(),
+        weights=None,
     ):
         self.config = config
         torch.manual_seed(config.seed)
@@ -164,6 +167,10 @@ class Trainer:
         # this process trained on since it started (not checkpointed): how encoding
         # cost evolves as the decoder learns
         self.batch_log: list[tuple[int, int, int, int]] = []
+        self.weights = None
+        if weights is not None:
+            param = next(self.decoder.parameters())
+            self.weights = as_weights(weights, param.new_empty((0, *self.decoder.out_shape)), param)
 
     # ----------------------------------------------------------------- latents
     def latents(self, x: torch.Tensor, *, training: bool):
@@ -174,7 +181,7 @@ class Trainer:
         if len(x) == 0:  # a replica's share of a batch smaller than the group
             return x.new_zeros((0, self.decoder.latent_dim)), 0, 0
         flow = self.flow_encoder if training else self.eval_encoder
-        enc = flow(x, x.new_zeros((x.shape[0], self.decoder.latent_dim)))
+        enc = flow(x, x.new_zeros((x.shape[0], self.decoder.latent_dim)), self.weights)
         return enc.z, int(enc.steps.sum()), int(enc.nfe.sum())
 
     def evaluate(self, x, batch_size: int = 1000) -> float:
@@ -188,7 +195,7 @@ class Trainer:
             with torch.no_grad() if self.encoder is not None else torch.enable_grad():
                 z, _, _ = self.latents(xb, training=False)
             with torch.no_grad():
-                total += float(self.loss(self.decoder(z), xb, z).sum())
+                total += float(self.loss(self.decoder(z), xb, z, self.weights).sum())
         (total,) = self.replicas.sum(total)
         return total / len(x)
 
@@ -222,7 +229,8 @@ class Trainer:
             xb = x[order[lo : lo + bs]]
             mine = xb[self.replicas.rows(len(xb))]
             z, s, n = self.latents(mine, training=True)
-            summed = self.loss(self.update_decoder(z.detach() if self.encoder is None else z), mine, z).sum()
+            output = self.update_decoder(z.detach() if self.encoder is None else z)
+            summed = self.loss(output, mine, z, self.weights).sum()
             if not torch.isfinite(summed):
                 raise FloatingPointError(f"training loss became {float(summed)} in epoch {epoch + 1}; lower lr")
             self.optimizer.zero_grad(set_to_none=True)

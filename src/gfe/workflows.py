@@ -15,13 +15,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import load_dataset, split
+from .data import load_dataset, split, validate_data
 from .distributed import Replicas
-from .encode import Encoding, encode
+from .encode import Encoding, as_weights, encode
 from .errors import ConfigError, DataError
-from .latents import latents_path, provenance, read_latents, write_latents
+from .ins.io import Grid, SpectraDataset, check_same_grid, grid_of
+from .latents import latents_path, provenance, read_latents, read_scale, write_latents
 from .losses import link
 from .models import Conv1dDecoder, Conv2dDecoder, MLPDecoder
+from .normalise import check_normalisation
+from .normalise import normalise as normalise_samples
 from .persist import atomic_path, file_sha256, load_model
 from .solvers import Status
 from .tensorboard_log import TensorBoardLog
@@ -38,7 +41,8 @@ def _say(quiet: bool, text: str) -> None:
 
 def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_dim=20, epochs=1, batch_size=5,
                 optimizer="rmsprop", lr=5e-4, loss="bce", val_fraction=0.1, seed=0, encode_options=None,
-                resume=False, quiet=False, tensorboard=None, replicas: Replicas = Replicas()) -> Trainer:
+                normalise="none", resume=False, quiet=False, tensorboard=None,
+                replicas: Replicas = Replicas()) -> Trainer:
     """Train on the samples in `data` and write the model directory `out`.
 
     Checkpoints go to `out/checkpoints`; with `resume`, the run there continues
@@ -47,22 +51,28 @@ def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_
     is written to `out/history.csv`, and with `tensorboard` (a folder) also as
     TensorBoard scalars. With
     `replicas` of a torchrun launch, batches are split across the processes and
-    only rank 0 writes files and reports.
+    only rank 0 writes files and reports. An INS spectra file's mask weighs
+    the loss, and its grid is recorded so that encoding data on another grid is
+    refused; `normalise` ("none" or "mean", per sample) is recorded too and
+    applied again when encoding.
     """
     if decoder not in DECODER_KINDS:
         raise ConfigError(f"unknown decoder {decoder!r}; expected one of {', '.join(DECODER_KINDS)}")
     if not 0 <= val_fraction < 1:
         raise ConfigError(f"val_fraction must be in [0, 1); got {val_fraction}")
+    check_normalisation(normalise, loss)
     dataset = load_dataset(data, key)
-    n_val = int(round(val_fraction * len(dataset.x)))
-    x_train, x_val = split(dataset.x, len(dataset.x) - n_val, n_val, seed=seed)
+    mask = getattr(dataset, "mask", None)
+    x, _ = normalise_samples(validate_data(dataset.x, loss=loss), normalise, mask)
+    n_val = int(round(val_fraction * len(x)))
+    x_train, x_val = split(x, len(x) - n_val, n_val, seed=seed)
     out = Path(out)
     checkpoints = out / CHECKPOINTS
     quiet = quiet or not replicas.is_writer
     progress = not quiet
     if resume:
         replicas.barrier()  # every replica resumes from the same checkpoint
-        trainer = Trainer.resume(checkpoints, progress=progress, replicas=replicas)
+        trainer = Trainer.resume(checkpoints, progress=progress, replicas=replicas, weights=mask)
         trainer.config = dataclasses.replace(trainer.config, epochs=epochs)
         _say(quiet, f"resuming {checkpoints} after epoch {len(trainer.history)} of {epochs}")
     else:
@@ -75,7 +85,7 @@ def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_
         torch.manual_seed(seed)
         model = DECODER_KINDS[decoder](latent_dim, dataset.x.shape[1:])
         trainer = Trainer(config, dataset.x.shape[1:], decoder=model, checkpoint_dir=checkpoints,
-                          progress=progress, replicas=replicas)
+                          progress=progress, replicas=replicas, weights=mask)
 
     def report(_, record):
         _say(quiet, f"epoch {record.epoch}: train loss {record.train_loss:.4f}, validation loss "
@@ -88,8 +98,10 @@ def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_
         trainer.fit(x_train, x_val if n_val else None)
     if not replicas.is_writer:
         return trainer
+    grid = grid_of(dataset).to_record() if isinstance(dataset, SpectraDataset) else None
     trainer.save_model(out, extra_settings={"data": str(data), "scaling": dataset.scaling,
-                                            "feature_shape": list(dataset.x.shape[1:])})
+                                            "feature_shape": list(dataset.x.shape[1:]), "normalise": normalise,
+                                            "grid": grid})
     trainer.write_history_csv(out / "history.csv")
     _say(quiet, f"model written to {out}")
     return trainer
@@ -100,13 +112,26 @@ def encode_settings(loaded, options: dict | None) -> dict:
     return {**loaded.settings.get("encode", {}), **(options or {})}
 
 
-def encode_samples(loaded, x: np.ndarray, options: dict | None, *, progress: bool = False) -> Encoding:
+def encode_samples(loaded, x: np.ndarray, options: dict | None, *, progress: bool = False,
+                   weights=None) -> Encoding:
     """Encode samples with a loaded model: the flow, or an autoencoder's encoder
-    unless encode `options` ask for the flow."""
+    unless encode `options` ask for the flow. `weights` (a mask) weigh the loss."""
     settings = encode_settings(loaded, options)
     if loaded.encoder is not None and not options:
-        return _encode_with_encoder(loaded, x, settings["loss"])
-    return encode(loaded.decoder, x, progress=progress, **settings)
+        return _encode_with_encoder(loaded, x, settings["loss"], weights)
+    return encode(loaded.decoder, x, progress=progress, weights=weights, **settings)
+
+
+def prepare_spectra(loaded, dataset) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """`(x, mask, scale)` of `dataset` as the model was trained: the same grid
+    (else a `DataError`), its per-sample normalisation (`scale` None if none)."""
+    grid = loaded.settings.get("grid")
+    if grid is not None and isinstance(dataset, SpectraDataset):
+        check_same_grid(Grid.from_record(grid), dataset, names=("the model's training spectra", dataset.name))
+    kind = loaded.settings.get("normalise", "none")
+    mask = getattr(dataset, "mask", None)
+    x, scale = normalise_samples(dataset.x, kind, mask)
+    return x, mask, None if kind == "none" else scale
 
 
 def encoding_provenance(loaded, settings: dict, data) -> dict:
@@ -119,10 +144,11 @@ def encode_file(model, data, output, *, key=None, options=None, quiet=False) -> 
     """Encode the samples of `data` with the model in `model` and write `output`."""
     output = latents_path(output)
     loaded = load_model(model)
-    dataset = load_dataset(data, key)
+    x, mask, scale = prepare_spectra(loaded, load_dataset(data, key))
     settings = encode_settings(loaded, options)
-    encoding = encode_samples(loaded, dataset.x, options, progress=not quiet)
-    write_latents(output, encoding, encoding_provenance(loaded, settings, data))
+    encoding = encode_samples(loaded, x, options, progress=not quiet, weights=mask)
+    write_latents(output, encoding, encoding_provenance(loaded, settings, data),
+                  extra=None if scale is None else {"scale": scale})
     summary = encoding.summary()
     _say(quiet, f"encoded {summary['samples']} samples: mean loss {summary['mean_loss']:.5g}, "
                 f"{summary['mean_steps']:.1f} steps and {summary['mean_nfe']:.1f} decoder evaluations per "
@@ -130,14 +156,15 @@ def encode_file(model, data, output, *, key=None, options=None, quiet=False) -> 
     return encoding
 
 
-def _encode_with_encoder(loaded, x: np.ndarray, loss_name: str) -> Encoding:
+def _encode_with_encoder(loaded, x: np.ndarray, loss_name: str, weights=None) -> Encoding:
     """An autoencoder model's latents come from its encoder (one forward pass)."""
     from .losses import Loss
 
     with torch.no_grad():
         xt = torch.from_numpy(x)
         z = loaded.encoder(xt)
-        loss = Loss(loss_name)(loaded.decoder(z), xt, z)
+        w = None if weights is None else as_weights(weights, xt, xt)
+        loss = Loss(loss_name)(loaded.decoder(z), xt, z, w)
     n = len(x)
     zeros = torch.zeros(n, dtype=torch.long)
     return Encoding(z, loss, zeros, zeros, torch.full((n,), int(Status.CONVERGED)), torch.zeros(n, dtype=torch.float64))
@@ -159,6 +186,7 @@ def decode_file(model, latents, output, *, quiet=False) -> np.ndarray:
         raise DataError(f"reconstructions are written as .npy; got {output}")
     loaded = load_model(model)
     z, meta = read_latents(latents)
+    scale = read_scale(latents, len(z))
     made_by = meta.get("model_weights_sha256")
     if made_by and made_by != loaded.config["weights_sha256"]:
         raise DataError(f"{latents} was encoded with another model (weights sha256 {made_by[:12]}...), "
@@ -169,6 +197,8 @@ def decode_file(model, latents, output, *, quiet=False) -> np.ndarray:
     if not np.isfinite(z).all():
         raise DataError(f"{latents} holds non-finite latents")
     recon = reconstruct(loaded, z)
+    if scale is not None:  # undo the per-sample normalisation applied when encoding
+        recon = recon * scale.reshape(-1, *([1] * (recon.ndim - 1)))
     output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(output) as tmp:
         np.save(tmp, recon)

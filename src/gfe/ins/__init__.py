@@ -7,10 +7,11 @@ reading needs nothing beyond gfe's core dependencies.
 """
 
 from .spectra import LABEL_NAMES, Settings, generate
-from .io import SpectraDataset, check_same_grid, load_spectra
+from .io import Grid, SpectraDataset, check_same_grid, grid_of, is_spectra_file, load_spectra
 from .lattice import FAMILIES, BvKModel, ParameterRanges, draw_model, frequencies, is_stable
 
 __all__ = [
-    "FAMILIES", "LABEL_NAMES", "BvKModel", "ParameterRanges", "Settings", "SpectraDataset",
-    "check_same_grid", "draw_model", "frequencies", "generate", "is_stable", "load_spectra",
+    "FAMILIES", "LABEL_NAMES", "BvKModel", "Grid", "ParameterRanges", "Settings", "SpectraDataset",
+    "check_same_grid", "draw_model", "frequencies", "generate", "grid_of", "is_spectra_file", "is_stable",
+    "load_spectra",
 ]

@@ -49,7 +49,7 @@ class SpectraDataset(Dataset):
     attrs: dict
 
 
-def _describe(data: SpectraDataset) -> str:
+def _describe(data: SpectraDataset | Grid) -> str:
     def axis(name, grid, unit):
         return f"{name} {len(grid)} bins {grid[0]:g}..{grid[-1]:g} {unit}"
 
@@ -65,7 +65,30 @@ def _same_axis(u: np.ndarray | None, v: np.ndarray | None) -> bool:
     return u.shape == v.shape and bool(np.allclose(u, v, rtol=1e-6, atol=1e-9))
 
 
-def check_same_grid(a: SpectraDataset, b: SpectraDataset, *, names=("training data", "encoding data")) -> None:
+@dataclass(frozen=True)
+class Grid:
+    """The axes of spectra without the spectra: what a model trained on them records."""
+
+    kind: str
+    e_grid: np.ndarray
+    q_grid: np.ndarray | None
+
+    def to_record(self) -> dict:
+        return {"kind": self.kind, "e_grid": self.e_grid.tolist(),
+                "q_grid": None if self.q_grid is None else self.q_grid.tolist()}
+
+    @classmethod
+    def from_record(cls, record: dict) -> Grid:
+        q = record.get("q_grid")
+        return cls(record["kind"], np.asarray(record["e_grid"], float), None if q is None else np.asarray(q, float))
+
+
+def grid_of(data: SpectraDataset) -> Grid:
+    return Grid(data.kind, data.e_grid, data.q_grid)
+
+
+def check_same_grid(a: SpectraDataset | Grid, b: SpectraDataset | Grid, *,
+                    names=("training data", "encoding data")) -> None:
     """Raise `DataError` unless `a` and `b` share kind and (|Q|, E) bins.
 
     A decoder trained on one grid maps latents to that grid only: encoding
@@ -117,6 +140,19 @@ def _read(f: h5py.File, path: Path) -> SpectraDataset:
             raise DataError(f"{path}: mask has shape {mask.shape}, but each spectrum has shape {expected}")
     return SpectraDataset(x=x, name=str(path), scaling={"kind": "none"}, kind=kind, e_grid=e_grid,
                           q_grid=q_grid, labels=labels, label_names=label_names, mask=mask, attrs=_attrs(f))
+
+
+def is_spectra_file(path) -> bool:
+    """Whether `path` is an HDF5 file holding a `spectra` dataset (so it is read
+    with `load_spectra`, grids and mask included)."""
+    path = Path(path)
+    if path.suffix.lower() not in (".h5", ".hdf5") or not path.is_file():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            return isinstance(f.get("spectra"), h5py.Dataset)
+    except OSError:
+        return False  # the ordinary reader reports what is wrong with the file
 
 
 def load_spectra(path) -> SpectraDataset:

@@ -60,11 +60,12 @@ _MIN_MODE_ENERGY = 0.01
 
 
 def euphonic():
-    """Import Euphonic, or say how to install it."""
+    """Import Euphonic, or say how to install it (a `ConfigError`, which the
+    command line prints as one line, not a traceback)."""
     try:
         import euphonic as module
     except ImportError as err:
-        raise ImportError('generating INS spectra needs Euphonic (GPL-3.0), an optional extra: '
+        raise ConfigError('generating INS spectra needs Euphonic (GPL-3.0), an optional extra: '
                           'pip install "gfe[ins]"') from err
     return module
 
