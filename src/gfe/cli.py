@@ -72,6 +72,10 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--encode-options", type=_json_dict, default=None,
                    help="JSON options for the flow during training, e.g. '{\"gtol\": 1e-3}'")
+    p.add_argument("--gradient", default="approx", choices=["approx", "adjoint", "unrolled"],
+                   help="decoder gradient: approx holds the latents fixed (cheap; exact once the flow has "
+                        "converged); adjoint (continuous adjoint) and unrolled (back-propagation through the "
+                        "solver's steps) include how the latents depend on the decoder (see docs/gradients.md)")
     p.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(run=_train)
@@ -83,7 +87,8 @@ def _train(args) -> None:
     train_model(args.data, args.out, key=args.key, method=args.method, decoder=args.decoder,
                 latent_dim=args.latent_dim, epochs=args.epochs, batch_size=args.batch_size,
                 optimizer=args.optimizer, lr=args.lr, loss=args.loss, val_fraction=args.val_fraction,
-                seed=args.seed, encode_options=args.encode_options, resume=args.resume, quiet=args.quiet)
+                seed=args.seed, encode_options=args.encode_options, resume=args.resume, quiet=args.quiet,
+                gradient=args.gradient)
 
 
 def _add_encode(sub) -> None:

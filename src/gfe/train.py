@@ -1,8 +1,9 @@
 """Training: GFE decoders on flow latents, and the autoencoder baseline, in one loop.
 
-GFE uses the approximate gradient (DESIGN §2.3): each batch is encoded by the flow,
-the latents are held fixed, and the decoder takes one optimizer step on the
-reconstruction loss. The autoencoder takes its latents from its encoder instead;
+GFE uses the approximate gradient (DESIGN §2.3) by default: each batch is encoded by
+the flow, the latents are held fixed, and the decoder takes one optimizer step on the
+reconstruction loss. `gradient="adjoint"` or `"unrolled"` differentiate through the
+flow instead (`gfe.gradients`), with the flow's energy as the loss. The autoencoder takes its latents from its encoder instead;
 everything else (data order, batches, optimizer, loss, checkpoints) is shared, so
 comparisons are fair.
 
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .encode import FlowEncoder
 from .errors import ConfigError, ModelFileError
+from .gradients import check_gradient, flow_gradients
 from .losses import Loss
 from .models import build_encoder, default_decoder
 from .persist import atomic_path, atomic_write_text, load_model, save_model
@@ -64,6 +66,7 @@ class TrainConfig:
     seed: int = 0
     encode_options: dict = field(default_factory=dict)
     eval_options: dict = field(default_factory=dict)
+    gradient: str = "approx"
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -77,6 +80,9 @@ class TrainConfig:
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0; got {self.lr}")
         Loss(self.loss)  # validates the name
+        if self.gradient != "approx" and not self.is_gfe:
+            raise ConfigError(f"gradient={self.gradient!r} needs a GFE method; the autoencoder has no flow")
+        check_gradient(self.gradient, self.flow_options(self.encode_options)["solver"])
 
     @property
     def is_gfe(self) -> bool:
@@ -180,18 +186,31 @@ class Trainer:
                    disable=not self.progress, leave=False, unit="batch")
         for lo in bar:
             xb = x[order[lo : lo + bs]]
-            z, s, n = self.latents(xb, training=True)
-            loss = self.loss(self.decoder(z.detach() if self.encoder is None else z), xb, z).mean()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.config.gradient == "approx":
+                z, s, n = self.latents(xb, training=True)
+                loss = self.loss(self.decoder(z.detach() if self.encoder is None else z), xb, z).mean()
+            else:
+                loss, s, n = self._exact_gradients(xb)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss became {float(loss)} in epoch {epoch + 1}; lower lr")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if loss.requires_grad:
+                loss.backward()
             self.optimizer.step()
             total += float(loss.detach()) * len(xb)
             steps, nfe = steps + s, nfe + n
         seconds = time.perf_counter() - start
         val = self.evaluate(x_val) if x_val is not None else math.nan
         return EpochRecord(epoch + 1, total / len(x), val, seconds, len(x), steps / len(x), nfe / len(x))
+
+    def _exact_gradients(self, x: torch.Tensor):
+        """Encode `x`, set the decoder's `.grad` to the exact gradient of the batch's
+        mean energy, and return that mean, the flow steps and evaluations spent."""
+        z0 = x.new_zeros((x.shape[0], self.decoder.latent_dim))
+        enc, grads = flow_gradients(self.flow_encoder, x, z0, None, self.config.gradient)
+        for param, grad in zip(self.decoder.parameters(), grads):
+            param.grad = grad / len(x)
+        return enc.loss.mean(), int(enc.steps.sum()), int(enc.nfe.sum())
 
     def _tensor(self, x) -> torch.Tensor:
         from .data import validate_data
