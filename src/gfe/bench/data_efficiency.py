@@ -30,6 +30,12 @@ def _decoder(shape: tuple[int, ...], latent_dim: int, seed: int):
     return default_decoder(shape, latent_dim)
 
 
+def machine() -> dict:
+    """Where a benchmark ran, stored with its numbers."""
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
+
+
 def run(
     dataset: str,
     methods: list[str],
@@ -74,7 +80,6 @@ def run(
         "benchmark": "data-efficiency",
         "dataset": data.name, "n_test": n_test, "latent_dim": latent_dim, "batch_size": batch_size,
         "optimizer": "rmsprop", "lr": lr, "seed": seed, "train_encode_options": train_encode,
-        "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()},
+        "machine": machine(),
         "results": results,
     }
