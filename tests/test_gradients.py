@@ -94,19 +94,21 @@ def test_nesterov_amd_restarts_are_replayed(tiny):
     assert any(event[0] == "restart" for event in log.events)
 
 
-@pytest.mark.parametrize(("solver", "dts", "order"), [("euler", (0.4, 0.2, 0.1), 1), ("rk4", (1.0, 0.5, 0.25), 4)])
+@pytest.mark.parametrize(("solver", "dts", "order"),
+                         [("euler", (0.4, 0.2, 0.1), 1), ("rk4", (1.0, 0.5, 0.25), 4), ("amd", (0.4, 0.2, 0.1), 1)])
 @pytest.mark.parametrize("flow", ["first", "nesterov"])
 def test_adjoint_converges_to_unrolled_at_the_order_of_the_solver(tiny, solver, dts, order, flow):
     decoder, x = tiny
     errors = []
     for dt in dts:
-        options = dict(flow=flow, solver=solver, dt=dt, tau=4.0, alpha=2.0)
+        step = {"h0": dt, "h_max": dt} if solver == "amd" else {"dt": dt}  # AMD: every step at most dt
+        options = dict(flow=flow, solver=solver, tau=4.0, alpha=2.0, **step)
         unrolled = flat(decoder_gradients(decoder, x, gradient="unrolled", **options))
         adjoint = flat(decoder_gradients(decoder, x, gradient="adjoint", **options))
         errors.append(float((adjoint - unrolled).norm() / unrolled.norm()))
     rates = [np.log2(a / b) for a, b in zip(errors, errors[1:])]
     assert errors[-1] < 1e-2
-    assert all(order - 0.3 < r < order + 0.7 for r in rates), (errors, rates)
+    assert all(order - 0.3 < r < order + 1.0 for r in rates), (errors, rates)  # rates approach from above
 
 
 @pytest.mark.parametrize("flow", ["first", "nesterov"])
