@@ -65,7 +65,7 @@ def test_poisson_needs_non_negative_data(decoder, x):
 
 @pytest.mark.parametrize(("option", "value", "pattern"), [
     ("flow", "second", r"unknown flow 'second'; expected one of first, nesterov"),
-    ("solver", "lbfgs", r"unknown solver 'lbfgs'; expected one of amd, euler, rk4, dopri5"),
+    ("solver", "newton", r"unknown solver 'newton'; expected one of amd, euler, rk4, dopri5, adam, lbfgs"),
     ("loss", "huber", r"unknown loss 'huber'; expected one of bce, mse, poisson"),
     ("penalty", "l3", r"unknown latent penalty 'l3'"),
     ("penalty_weight", -1.0, r"penalty_weight must be >= 0"),

@@ -83,6 +83,10 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--encode-options", type=_json_dict, default=None,
                    help="JSON options for the flow during training, e.g. '{\"gtol\": 1e-3}'")
+    p.add_argument("--gradient", default="approx", choices=["approx", "adjoint", "unrolled"],
+                   help="decoder gradient: approx holds the latents fixed (cheap; exact once the flow has "
+                        "converged); adjoint (continuous adjoint) and unrolled (back-propagation through the "
+                        "solver's steps) include how the latents depend on the decoder (see docs/gradients.md)")
     p.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
     p.add_argument("--tensorboard", type=Path, metavar="DIR", default=None,
                    help="also log each epoch's losses and flow steps for TensorBoard into DIR (needs the "
@@ -100,7 +104,8 @@ def _train(args) -> None:
                     latent_dim=args.latent_dim, epochs=args.epochs, batch_size=args.batch_size,
                     optimizer=args.optimizer, lr=args.lr, loss=args.loss, val_fraction=args.val_fraction,
                     seed=args.seed, encode_options=args.encode_options, normalise=args.normalise, resume=args.resume,
-                    quiet=args.quiet, tensorboard=args.tensorboard, replicas=replicas)
+                    quiet=args.quiet, tensorboard=args.tensorboard, replicas=replicas,
+                    gradient=args.gradient)
 
 
 def _add_encode(sub) -> None:
@@ -296,6 +301,8 @@ def _add_bench(sub) -> None:
     _add_bench_encode(bench)
     _add_bench_sharded_encoding(bench)
     _add_bench_spectra(bench)
+    _add_bench_gradients(bench)
+    _add_bench_solvers(bench)
 
 
 def _add_bench_spectra(bench) -> None:
@@ -348,6 +355,58 @@ def _bench_encode(args) -> None:
     from .bench import encoding
 
     result = encoding.run(args.dataset, model=args.model, n=args.n, batch=args.batch, progress=not args.quiet)
+    _emit(result, args.json, args.quiet)
+
+
+def _flow_bench_parser(bench, name: str, help: str, description: str, n_test: int):
+    """A benchmark parser with the options the flow benchmarks share."""
+    q = bench.add_parser(name, help=help, description=description,
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    q.add_argument("--dataset", default="mnist", help=DATA_HELP)
+    q.add_argument("--n-train", type=int, default=1000, help="training samples (one pass)")
+    q.add_argument("--n-test", type=int, default=n_test, help="held-out samples")
+    q.add_argument("--json", type=Path, default=None, help="write the results here")
+    q.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    return q
+
+
+def _add_bench_gradients(bench) -> None:
+    q = _flow_bench_parser(
+        bench, "gradients", "approx versus exact (adjoint, unrolled) decoder gradients in training",
+        "One pass over N training samples, batch 5, RMSprop lr 5e-4, BCE, with each decoder gradient and flow; "
+        "reports test loss (mean per-pixel BCE of held-out samples) and training seconds.", n_test=1000)
+    q.add_argument("--flows", default="first,nesterov", help="comma-separated flows")
+    q.add_argument("--gradients", default="approx,adjoint,unrolled", help="comma-separated gradient modes")
+    q.set_defaults(run=_bench_gradients)
+
+
+def _bench_gradients(args) -> None:
+    from .bench import gradients
+
+    result = gradients.run(args.dataset, n_train=args.n_train, n_test=args.n_test, flows=args.flows.split(","),
+                           gradients=args.gradients.split(","), progress=not args.quiet)
+    _emit(result, args.json, args.quiet)
+
+
+def _add_bench_solvers(bench) -> None:
+    from .bench.solvers import SOLVER_SETTINGS
+
+    q = _flow_bench_parser(
+        bench, "solvers", "decoder evaluations and seconds each solver needs to reach the same test loss",
+        "Train the MNIST decoder once (GFE-AMD, one pass over --n-train samples), then encode held-out samples "
+        "with each solver under step budgets 5, 10, 20, ... and report the evaluations and seconds of the first "
+        "budget whose mean loss is within 1%% of the best any solver reached.", n_test=200)
+    q.add_argument("--solvers", default=",".join(SOLVER_SETTINGS),
+                   help="comma-separated, from: " + ", ".join(SOLVER_SETTINGS))
+    q.add_argument("--max-budget", type=int, default=2560, help="largest step budget tried")
+    q.set_defaults(run=_bench_solvers)
+
+
+def _bench_solvers(args) -> None:
+    from .bench import solvers
+
+    result = solvers.run(args.dataset, n_train=args.n_train, n_test=args.n_test, solvers=args.solvers.split(","),
+                         max_budget=args.max_budget, progress=not args.quiet)
     _emit(result, args.json, args.quiet)
 
 

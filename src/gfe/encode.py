@@ -14,13 +14,16 @@ from .errors import ConfigError, DataError
 from .flows import make_flow
 from .losses import Loss
 from .objective import Objective
-from .solvers import SOLVERS, AMDOptions, Status, StopRule, solve_amd, solve_dopri5, solve_fixed
+from .solvers import (SOLVERS, AdamOptions, AMDOptions, LBFGSOptions, Status, StopRule, solve_adam, solve_amd,
+                      solve_dopri5, solve_fixed, solve_lbfgs)
 
 SOLVER_OPTIONS = {
     "amd": {f.name for f in fields(AMDOptions)},
     "euler": {"dt"},
     "rk4": {"dt"},
     "dopri5": {"rtol", "atol", "dt0", "max_rejects"},
+    "adam": {f.name for f in fields(AdamOptions)},
+    "lbfgs": {f.name for f in fields(LBFGSOptions)},
 }
 
 
@@ -124,6 +127,8 @@ class FlowEncoder:
                 f"got tau={tau}, chunk_size={chunk_size}, max_steps={max_steps}, gtol={gtol}, ftol={ftol}"
             )
         self.decoder = decoder
+        self.solver = solver
+        self.solver_options = dict(solver_options)
         self.loss = loss if isinstance(loss, Loss) else Loss(loss, penalty, penalty_weight)
         self.flow = make_flow(flow, decoder.latent_dim, alpha)
         self.rule = StopRule(tau=tau, max_steps=max_steps, gtol=gtol, ftol=ftol)
@@ -165,7 +170,8 @@ def encode(
 ) -> Encoding:
     """Encode `x` (shape (N, *decoder.out_shape)) by integrating a gradient flow.
 
-    `flow` is "first" or "nesterov"; `solver` is "amd", "euler", "rk4" or "dopri5";
+    `flow` is "first" or "nesterov"; `solver` is "amd", "euler", "rk4" or "dopri5", or a
+    plain latent optimizer for comparison, "adam" or "lbfgs" (first-order flow only);
     `loss` is "bce" (data in [0, 1], decoder gives logits), "mse" or "poisson"
     (counts, decoder gives log-rates). The start is `z0 = 0` unless `z0` is given
     (an (N, d) array) or `seed` is set (then `z0 ~ N(0, init_scale²)`, reproducible).
@@ -177,7 +183,8 @@ def encode(
     chunk_size (samples per solver call; results do not depend on it), progress
     (a progress bar over chunks), and solver
     options: AMD {h0, h_max, shrink, grow, max_shrinks, sigma}; Euler/RK4 {dt};
-    dopri5 {rtol, atol, dt0, max_rejects}.
+    dopri5 {rtol, atol, dt0, max_rejects}; adam {lr, beta1, beta2, eps};
+    lbfgs {memory, h0, shrink, max_shrinks, sigma}.
     """
     encoder = FlowEncoder(decoder, flow=flow, solver=solver, loss=loss, **options)
     param = next(decoder.parameters())
@@ -192,6 +199,12 @@ def _solver(name: str, options: dict):
         return lambda *args: solve_amd(*args, options=amd)
     if name == "dopri5":
         return lambda *args: solve_dopri5(*args, **options)
+    if name == "adam":
+        adam = AdamOptions(**options)
+        return lambda *args: solve_adam(*args, options=adam)
+    if name == "lbfgs":
+        lbfgs = LBFGSOptions(**options)
+        return lambda *args: solve_lbfgs(*args, options=lbfgs)
     return lambda *args: solve_fixed(*args, method=name, **options)
 
 

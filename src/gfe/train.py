@@ -1,8 +1,9 @@
 """Training: GFE decoders on flow latents, and the autoencoder baseline, in one loop.
 
-GFE uses the approximate gradient (DESIGN §2.3): each batch is encoded by the flow,
-the latents are held fixed, and the decoder takes one optimizer step on the
-reconstruction loss. The autoencoder takes its latents from its encoder instead;
+GFE uses the approximate gradient (DESIGN §2.3) by default: each batch is encoded by
+the flow, the latents are held fixed, and the decoder takes one optimizer step on the
+reconstruction loss. `gradient="adjoint"` or `"unrolled"` differentiate through the
+flow instead (`gfe.gradients`), with the flow's energy as the loss. The autoencoder takes its latents from its encoder instead;
 everything else (data order, batches, optimizer, loss, checkpoints) is shared, so
 comparisons are fair.
 
@@ -32,6 +33,7 @@ from tqdm.auto import tqdm
 from .distributed import Replicas
 from .encode import FlowEncoder, as_weights, threads_for_rows
 from .errors import ConfigError, ModelFileError
+from .gradients import check_gradient, flow_gradients
 from .losses import Loss
 from .models import build_encoder, default_decoder
 from .persist import atomic_path, atomic_write_text, load_model, save_model
@@ -81,6 +83,7 @@ class TrainConfig:
     seed: int = 0
     encode_options: dict = field(default_factory=dict)
     eval_options: dict = field(default_factory=dict)
+    gradient: str = "approx"
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -94,6 +97,10 @@ class TrainConfig:
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0; got {self.lr}")
         Loss(self.loss)  # validates the name
+        if self.gradient != "approx" and not self.is_gfe:
+            raise ConfigError(f"gradient={self.gradient!r} needs a GFE method; the autoencoder has no flow")
+        options = self.flow_options(training=True)
+        check_gradient(self.gradient, options["solver"], options.get("step", "flow"))
 
     @property
     def is_gfe(self) -> bool:
@@ -152,6 +159,9 @@ class Trainer:
         if self.encoder is not None and replicas.world_size > 1:
             raise ConfigError("the autoencoder baseline trains in one process; distributed training "
                               "supports the gfe-* methods")
+        if config.gradient != "approx" and replicas.world_size > 1:
+            raise ConfigError(f"gradient={config.gradient!r} trains in one process; distributed training "
+                              "uses the approximate gradient")
         self.replicas = replicas
         self.update_decoder = replicas.wrap(self.decoder)  # the flow must use the plain decoder
         params = list(self.decoder.parameters()) + (list(self.encoder.parameters()) if self.encoder else [])
@@ -228,13 +238,17 @@ class Trainer:
         for lo in bar:
             xb = x[order[lo : lo + bs]]
             mine = xb[self.replicas.rows(len(xb))]
-            z, s, n = self.latents(mine, training=True)
-            output = self.update_decoder(z.detach() if self.encoder is None else z)
-            summed = self.loss(output, mine, z, self.weights).sum()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.config.gradient == "approx":
+                z, s, n = self.latents(mine, training=True)
+                output = self.update_decoder(z.detach() if self.encoder is None else z)
+                summed = self.loss(output, mine, z, self.weights).sum()
+            else:
+                summed, s, n = self._exact_gradients(mine)
             if not torch.isfinite(summed):
                 raise FloatingPointError(f"training loss became {float(summed)} in epoch {epoch + 1}; lower lr")
-            self.optimizer.zero_grad(set_to_none=True)
-            (summed * self.replicas.loss_scale(len(xb))).backward()
+            if summed.requires_grad:
+                (summed * self.replicas.loss_scale(len(xb))).backward()
             self.optimizer.step()
             total += float(summed.detach())
             steps, nfe = steps + s, nfe + n
@@ -242,6 +256,15 @@ class Trainer:
         total, steps, nfe = self.replicas.sum(total, steps, nfe)
         seconds = time.perf_counter() - start
         return EpochRecord(epoch + 1, total / len(x), math.nan, seconds, len(x), steps / len(x), nfe / len(x))
+
+    def _exact_gradients(self, x: torch.Tensor):
+        """Encode `x`, set the decoder's `.grad` to the exact gradient of the batch's
+        mean energy, and return the summed energy, the flow steps and evaluations spent."""
+        z0 = x.new_zeros((x.shape[0], self.decoder.latent_dim))
+        enc, grads = flow_gradients(self.flow_encoder, x, z0, self.weights, self.config.gradient)
+        for param, grad in zip(self.decoder.parameters(), grads):
+            param.grad = grad / len(x)
+        return enc.loss.sum(), int(enc.steps.sum()), int(enc.nfe.sum())
 
     def _tensor(self, x) -> torch.Tensor:
         from .data import validate_data

@@ -37,6 +37,12 @@ def _steps_over_training(batch_log, windows: int = 10) -> list[dict]:
     return rows
 
 
+def machine() -> dict:
+    """Where a benchmark ran, stored with its numbers."""
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
+
+
 def run(
     dataset: str,
     methods: list[str],
@@ -88,7 +94,6 @@ def run(
         "benchmark": "data-efficiency",
         "dataset": data.name, "n_test": n_test, "latent_dim": latent_dim, "batch_size": batch_size,
         "optimizer": "rmsprop", "lr": lr, "seed": seed,
-        "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()},
+        "machine": machine(),
         "results": results,
     }

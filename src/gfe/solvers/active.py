@@ -15,7 +15,13 @@ from .status import Status
 
 
 class ActiveSet:
-    """Named per-sample tensors that are compacted together."""
+    """Named per-sample tensors that are compacted together.
+
+    `log`, if set (by `begin`, from `objective.log`), is told every accepted step
+    and momentum restart; exact decoder gradients replay them (`gfe.gradients`).
+    """
+
+    log = None
 
     def __init__(self, **tensors: torch.Tensor):
         n = next(iter(tensors.values())).shape[0]
@@ -110,15 +116,19 @@ def begin(objective, flow, x, weights, y0: torch.Tensor, **extra) -> ActiveSet:
     n = y0.shape[0]
     time = torch.zeros(n, dtype=torch.float64, device=y0.device)
     count = torch.zeros(n, dtype=torch.long, device=y0.device)
-    return ActiveSet(
+    active = ActiveSet(
         y=y0, x=x, w=weights, t=time,
         loss=loss, prev_loss=loss, grad=grad, steps=count, nfe=count + 1,
         nonfinite=~(torch.isfinite(loss) & torch.isfinite(grad).all(1)), **extra,
     )
+    active.__dict__["log"] = getattr(objective, "log", None)
+    return active
 
 
 def commit(active: ActiveSet, accept, y, loss, grad, h) -> None:
     """Move the accepted rows to their new state and advance their clocks."""
+    if active.log is not None:
+        active.log.step(active.rows[accept], h[accept], active.y[accept], y[accept])
     active.y = torch.where(accept[:, None], y, active.y)
     active.prev_loss = torch.where(accept, active.loss, active.prev_loss)
     active.loss = torch.where(accept, loss, active.loss)

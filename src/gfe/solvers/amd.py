@@ -113,6 +113,8 @@ def solve_amd(objective, flow, x, weights, y0, rule: StopRule, *, options: AMDOp
             stuck = (active.shrinks > o.max_shrinks) & (velocity.abs().amax(1) > 0)
             restart = uphill | stuck
             active.y = torch.where(restart[:, None], flow.restart(active.y), active.y)
+            if active.log is not None:
+                active.log.restart(active.rows[restart])
             active.clock = torch.where(restart, 0.0, active.clock)
             active.shrinks = torch.where(stuck, 0, active.shrinks)
             active.h = torch.where(stuck, o.h_max, active.h)  # a restarted step moves ~h²: start wide
