@@ -64,7 +64,8 @@ def test_fit_transform_equals_fit_then_transform(X, fitted):
 
 def test_fitted_attributes(X, fitted):
     assert fitted.n_features_in_ == 6 and fitted.n_iter_ == 2 and len(fitted.history_) == 2
-    assert set(fitted.history_[0]) == {"epoch", "train_loss", "seconds", "samples", "mean_steps", "mean_nfe"}
+    assert set(fitted.history_[0]) == {"epoch", "train_loss", "seconds", "samples", "mean_steps", "mean_nfe",
+                                      "skipped_batches"}
     assert fitted.encode_stats_["samples"] == 30 and sum(fitted.encode_stats_["status"].values()) == 30
     assert fitted.reconstruction_err_ == pytest.approx(-fitted.score(X))
     assert list(fitted.get_feature_names_out()) == ["gfe0", "gfe1"]

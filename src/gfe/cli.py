@@ -83,6 +83,9 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--encode-options", type=_json_dict, default=None,
                    help="JSON options for the flow during training, e.g. '{\"gtol\": 1e-3}'")
+    p.add_argument("--on-nonfinite", default="stop", choices=["stop", "skip"],
+                   help="when a batch's training loss is NaN or infinite: stop with an error naming the "
+                        "epoch and batch, or skip that batch's update (counted in history.csv)")
     p.add_argument("--gradient", default="approx", choices=["approx", "adjoint", "unrolled"],
                    help="decoder gradient: approx holds the latents fixed (cheap; exact once the flow has "
                         "converged); adjoint (continuous adjoint) and unrolled (back-propagation through the "
@@ -105,7 +108,7 @@ def _train(args) -> None:
                     optimizer=args.optimizer, lr=args.lr, loss=args.loss, val_fraction=args.val_fraction,
                     seed=args.seed, encode_options=args.encode_options, normalise=args.normalise, resume=args.resume,
                     quiet=args.quiet, tensorboard=args.tensorboard, replicas=replicas,
-                    gradient=args.gradient)
+                    gradient=args.gradient, on_nonfinite=args.on_nonfinite)
 
 
 def _add_encode(sub) -> None:

@@ -16,3 +16,7 @@ class ModelFileError(GFEError):
 
 class ConfigError(GFEError):
     """An option has a value gfe does not support."""
+
+
+class TrainingError(GFEError):
+    """Training cannot go on as configured, e.g. the loss became NaN or infinite."""

@@ -180,8 +180,12 @@ def _read_config(path: Path) -> dict:
 
 
 def _build(builder, config, what: str, path: Path) -> nn.Module:
+    """The module the config describes, on the meta device: shapes without
+    storage, so a config naming huge layers allocates nothing before its
+    shapes are checked against the weights file."""
     try:
-        return builder(config)
+        with torch.device("meta"):
+            return builder(config)
     except ConfigError as err:
         raise ModelFileError(f"{path} describes a {what} gfe cannot build: {err}") from err
 
@@ -198,7 +202,7 @@ def _load_weights(module: nn.Module, tensors: dict, what: str, path: Path) -> No
     ]
     if problems:
         raise ModelFileError(f"{path} does not match the architecture in {CONFIG_FILE}: " + "; ".join(problems))
-    module.load_state_dict({name: tensor.float() for name, tensor in tensors.items()})
+    module.load_state_dict({name: tensor.float() for name, tensor in tensors.items()}, assign=True)
 
 
 def load_model(directory) -> LoadedModel:

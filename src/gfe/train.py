@@ -10,7 +10,9 @@ comparisons are fair.
 After every epoch a checkpoint directory is written completely and only then
 named in `latest.json` (an atomic replace), so a killed run resumes from its last
 complete epoch and reproduces an uninterrupted run: the data order of epoch `e`
-is drawn from `(seed, e)` and encodings are deterministic.
+is drawn from `(seed, e)` and encodings are deterministic. `latest.json` records
+the SHA-256 of every file of the checkpoint, verified before resuming, so a
+corrupted or edited checkpoint is refused rather than silently continued.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -32,11 +35,11 @@ from tqdm.auto import tqdm
 
 from .distributed import Replicas
 from .encode import FlowEncoder, as_weights, threads_for_rows
-from .errors import ConfigError, ModelFileError
+from .errors import ConfigError, GFEError, ModelFileError, TrainingError
 from .gradients import check_gradient, flow_gradients
 from .losses import Loss
 from .models import build_encoder, default_decoder
-from .persist import atomic_path, atomic_write_text, load_model, save_model
+from .persist import atomic_path, atomic_write_text, file_sha256, load_model, save_model
 
 METHODS = {
     # name: (flow, solver) for GFE, None for the autoencoder
@@ -64,6 +67,10 @@ METHOD_DEFAULTS = {
 }
 OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
 LATEST = "latest.json"
+CHECKPOINT_FORMAT = "gfe-checkpoint"
+CHECKPOINT_VERSION = 1
+CHECKPOINT_FILES = ("config.json", "weights.safetensors", "optimizer.safetensors", "trainer.json")
+ON_NONFINITE = ("stop", "skip")
 
 
 @dataclass
@@ -71,7 +78,9 @@ class TrainConfig:
     """Everything that determines a training run. `encode_options` go to the flow
     (e.g. {"gtol": 1e-3, "max_steps": 200}) during training; `eval_options` are
     used for validation and stored with the model for later encoding. Both
-    override the method's defaults (`METHOD_DEFAULTS`)."""
+    override the method's defaults (`METHOD_DEFAULTS`). `on_nonfinite` says what a
+    batch whose loss is NaN or infinite does: "stop" the run with a
+    `TrainingError`, or "skip" its update (counted in `EpochRecord.skipped_batches`)."""
 
     method: str = "gfe-amd"
     latent_dim: int = 20
@@ -84,6 +93,7 @@ class TrainConfig:
     encode_options: dict = field(default_factory=dict)
     eval_options: dict = field(default_factory=dict)
     gradient: str = "approx"
+    on_nonfinite: str = "stop"
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -96,6 +106,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a positive integer; got {value!r}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0; got {self.lr}")
+        if self.on_nonfinite not in ON_NONFINITE:
+            raise ConfigError(f"on_nonfinite must be one of {', '.join(ON_NONFINITE)}; got {self.on_nonfinite!r}")
         Loss(self.loss)  # validates the name
         if self.gradient != "approx" and not self.is_gfe:
             raise ConfigError(f"gradient={self.gradient!r} needs a GFE method; the autoencoder has no flow")
@@ -124,6 +136,7 @@ class EpochRecord:
     samples: int
     mean_steps: float
     mean_nfe: float
+    skipped_batches: int = 0
 
 
 class Trainer:
@@ -159,6 +172,9 @@ class Trainer:
         if self.encoder is not None and replicas.world_size > 1:
             raise ConfigError("the autoencoder baseline trains in one process; distributed training "
                               "supports the gfe-* methods")
+        if config.on_nonfinite == "skip" and replicas.world_size > 1:
+            raise ConfigError("on_nonfinite='skip' trains in one process: DDP expects every forward to be "
+                              "followed by a backward; use 'stop' under torchrun")
         if config.gradient != "approx" and replicas.world_size > 1:
             raise ConfigError(f"gradient={config.gradient!r} trains in one process; distributed training "
                               "uses the approximate gradient")
@@ -231,11 +247,12 @@ class Trainer:
         order = torch.from_numpy(np.random.default_rng([self.config.seed, epoch]).permutation(len(x)))
         bs = self.config.batch_size
         total = steps = nfe = 0.0
+        used = skipped = 0  # samples whose batch updated the decoder; batches skipped
         self.decoder.train()
         start = time.perf_counter()
         bar = tqdm(range(0, len(x), bs), desc=f"epoch {epoch + 1}/{self.config.epochs} {self.config.method}",
                    disable=not self.progress, leave=False, unit="batch")
-        for lo in bar:
+        for batch, lo in enumerate(bar, start=1):
             xb = x[order[lo : lo + bs]]
             mine = xb[self.replicas.rows(len(xb))]
             self.optimizer.zero_grad(set_to_none=True)
@@ -245,17 +262,25 @@ class Trainer:
                 summed = self.loss(output, mine, z, self.weights).sum()
             else:
                 summed, s, n = self._exact_gradients(mine)
-            if not torch.isfinite(summed):
-                raise FloatingPointError(f"training loss became {float(summed)} in epoch {epoch + 1}; lower lr")
+            steps, nfe = steps + s, nfe + n
+            self.batch_log.append((epoch + 1, len(mine), s, n))
+            (bad,) = self.replicas.sum(float(not torch.isfinite(summed)))  # every replica decides alike
+            if bad:
+                if self.config.on_nonfinite == "stop":
+                    raise TrainingError(
+                        f"training loss became {float(summed.detach())} in epoch {epoch + 1}, batch {batch}; "
+                        "lower lr, or set on_nonfinite='skip' to skip such batches")
+                skipped += 1
+                continue
             if summed.requires_grad:
                 (summed * self.replicas.loss_scale(len(xb))).backward()
             self.optimizer.step()
             total += float(summed.detach())
-            steps, nfe = steps + s, nfe + n
-            self.batch_log.append((epoch + 1, len(mine), s, n))
+            used += len(xb)
         total, steps, nfe = self.replicas.sum(total, steps, nfe)
         seconds = time.perf_counter() - start
-        return EpochRecord(epoch + 1, total / len(x), math.nan, seconds, len(x), steps / len(x), nfe / len(x))
+        train_loss = total / used if used else math.nan
+        return EpochRecord(epoch + 1, train_loss, math.nan, seconds, len(x), steps / len(x), nfe / len(x), skipped)
 
     def _exact_gradients(self, x: torch.Tensor):
         """Encode `x`, set the decoder's `.grad` to the exact gradient of the batch's
@@ -283,7 +308,8 @@ class Trainer:
                           encoder=self.encoder)
 
     def save_checkpoint(self, directory) -> Path:
-        """Write epoch `len(history)`'s checkpoint and point `latest.json` at it."""
+        """Write epoch `len(history)`'s checkpoint and point `latest.json` at it,
+        with the digests of its files."""
         directory = Path(directory)
         name = f"epoch-{len(self.history):05d}"
         target = directory / name
@@ -295,7 +321,10 @@ class Trainer:
             safetensors.torch.save_file(tensors, str(tmp))
         atomic_write_text(target / "trainer.json", json.dumps(
             {"optimizer": layout, "history": [asdict(r) for r in self.history]}, indent=1))
-        atomic_write_text(directory / LATEST, json.dumps({"checkpoint": name}))
+        digests = {file: file_sha256(target / file) for file in CHECKPOINT_FILES}
+        atomic_write_text(directory / LATEST, json.dumps({
+            "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "checkpoint": name,
+            "sha256": digests}))
         for old in directory.glob("epoch-*"):
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
@@ -305,21 +334,24 @@ class Trainer:
     def resume(cls, directory, **kwargs) -> "Trainer":
         """Rebuild a trainer from the last complete checkpoint in `directory`."""
         directory = Path(directory)
+        target = _verified_checkpoint(directory)
+        loaded = load_model(target)
         try:
-            name = json.loads((directory / LATEST).read_text())["checkpoint"]
-            target = directory / name
             state = json.loads((target / "trainer.json").read_text())
             tensors = safetensors.torch.load_file(str(target / "optimizer.safetensors"))
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise ModelFileError(f"no usable checkpoint in {directory}: {err}") from err
-        loaded = load_model(target)
-        config = TrainConfig(**loaded.settings["train_config"])
+            config = TrainConfig(**loaded.settings["train_config"])
+            history = [EpochRecord(**r) for r in state["history"]]
+            optimizer_state = _unflatten_state(tensors, state["optimizer"])
+        except GFEError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, safetensors.SafetensorError) as err:
+            raise ModelFileError(f"checkpoint {target} cannot be read: {err!r}") from err
         trainer = cls(config, tuple(loaded.decoder.out_shape), decoder=loaded.decoder.train(),
                       checkpoint_dir=directory, **kwargs)
         if loaded.encoder is not None:
             trainer.encoder.load_state_dict(loaded.encoder.state_dict())
-        trainer.optimizer.load_state_dict(_unflatten_state(tensors, state["optimizer"]))
-        trainer.history = [EpochRecord(**r) for r in state["history"]]
+        trainer.optimizer.load_state_dict(optimizer_state)
+        trainer.history = history
         return trainer
 
     def write_history_csv(self, path) -> None:
@@ -327,6 +359,35 @@ class Trainer:
             writer = csv.writer(fh)
             writer.writerow([f.name for f in fields(EpochRecord)])
             writer.writerows([list(asdict(r).values()) for r in self.history])
+
+
+def _verified_checkpoint(directory: Path) -> Path:
+    """The checkpoint directory `latest.json` names, after checking its format
+    and the digest of every file in it."""
+    latest = directory / LATEST
+    if not latest.is_file():
+        raise ModelFileError(f"no usable checkpoint in {directory}: {LATEST} is missing")
+    try:
+        record = json.loads(latest.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelFileError(f"{latest} is not valid JSON: {err}") from err
+    if not isinstance(record, dict) or record.get("format") != CHECKPOINT_FORMAT:
+        raise ModelFileError(f"{latest} is not a gfe checkpoint record (format {CHECKPOINT_FORMAT!r})")
+    if record.get("format_version") != CHECKPOINT_VERSION:
+        raise ModelFileError(f"{latest} has format_version {record.get('format_version')!r}; "
+                             f"this gfe reads {CHECKPOINT_VERSION}")
+    name, digests = record.get("checkpoint"), record.get("sha256")
+    if not isinstance(name, str) or not re.fullmatch(r"epoch-\d+", name) or not isinstance(digests, dict):
+        raise ModelFileError(f"{latest} must name a checkpoint epoch-N and the sha256 of its files")
+    target = directory / name
+    for file in CHECKPOINT_FILES:
+        path = target / file
+        if not path.is_file():
+            raise ModelFileError(f"checkpoint {target} lacks {file}")
+        if file_sha256(path) != digests.get(file):
+            raise ModelFileError(f"{path} does not match the sha256 digest recorded in {latest}: "
+                                 "the file was modified or corrupted")
+    return target
 
 
 def _flatten_state(state: dict) -> tuple[dict, dict]:

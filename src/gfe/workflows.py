@@ -41,7 +41,7 @@ def _say(quiet: bool, text: str) -> None:
 
 def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_dim=20, epochs=1, batch_size=5,
                 optimizer="rmsprop", lr=5e-4, loss="bce", val_fraction=0.1, seed=0, encode_options=None,
-                normalise="none", resume=False, quiet=False, tensorboard=None, gradient="approx",
+                normalise="none", resume=False, quiet=False, tensorboard=None, gradient="approx", on_nonfinite="stop",
                 replicas: Replicas = Replicas()) -> Trainer:
     """Train on the samples in `data` and write the model directory `out`.
 
@@ -81,7 +81,7 @@ def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_
                               "or choose another --out")
         config = TrainConfig(method=method, latent_dim=latent_dim, epochs=epochs, batch_size=batch_size,
                              optimizer=optimizer, lr=lr, loss=loss, seed=seed,
-                             encode_options=dict(encode_options or {}), gradient=gradient)
+                             encode_options=dict(encode_options or {}), gradient=gradient, on_nonfinite=on_nonfinite)
         torch.manual_seed(seed)
         model = DECODER_KINDS[decoder](latent_dim, dataset.x.shape[1:])
         trainer = Trainer(config, dataset.x.shape[1:], decoder=model, checkpoint_dir=checkpoints,
@@ -89,7 +89,8 @@ def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_
 
     def report(_, record):
         _say(quiet, f"epoch {record.epoch}: train loss {record.train_loss:.4f}, validation loss "
-                    f"{record.val_loss:.4f}, {record.seconds:.1f} s, {record.mean_steps:.1f} flow steps/sample")
+                    f"{record.val_loss:.4f}, {record.seconds:.1f} s, {record.mean_steps:.1f} flow steps/sample"
+                    + (f", {record.skipped_batches} batches skipped (non-finite loss)" if record.skipped_batches else ""))
 
     trainer.callbacks = (*trainer.callbacks, report)
     with contextlib.ExitStack() as stack:
