@@ -2,24 +2,25 @@
 the middle of checkpoint writes, resumes to exactly the parameters of an
 uninterrupted run, and no half-written checkpoint or model is ever visible.
 
-Each run is a forked child of the test process (torch already imported, so a
-restart costs milliseconds rather than seconds of imports). Kills land at
-delays spread over the next epoch or so, and at points inside
-`Trainer.save_checkpoint` where the child, patched after the fork, reports over
-a pipe and pauses: with a temporary file half written, after the model but
-before the optimizer state, after `latest.json` moved on but before old
-checkpoints are gone, and in the middle of deleting them. If the machine speeds
-up and a run finishes before a timed kill, it is checked and a fresh run takes
-the remaining kills.
+Each run is a child forked from a fork server that has imported torch and gfe
+but never computed (so a restart costs milliseconds, and no thread pool or lock
+of the test process is inherited half-held: forking the pytest process itself
+hung intermittently once earlier tests had started torch's OpenMP threads).
+Kills land at delays spread over the next epoch or so, and at points inside
+`Trainer.save_checkpoint` where the child, patched in the child, reports over a
+pipe and pauses: with a temporary file half written, after the model but before
+the optimizer state, after `latest.json` moved on but before old checkpoints are
+gone, and in the middle of deleting them. If the machine speeds up and a run
+finishes before a timed kill, it is checked and a fresh run takes the remaining
+kills. Every wait is bounded: a child that hangs fails the test, never CI.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
-import select
 import shutil
-import signal
 import time
 from pathlib import Path
 
@@ -33,13 +34,15 @@ from gfe.models import MLPDecoder
 from gfe.persist import CONFIG_FILE, WEIGHTS_FILE
 from gfe.train import LATEST, TrainConfig, Trainer, _verified_checkpoint
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
+pytestmark = pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(),
+                                reason="needs the forkserver start method (POSIX)")
 
 SHAPE = (6,)
 CONFIG = TrainConfig(method="gfe-amd", latent_dim=2, epochs=12, batch_size=10, optimizer="adam", lr=1e-2,
                      encode_options={"max_steps": 20}, eval_options={"max_steps": 20})
 X = np.random.default_rng(0).uniform(0.1, 0.9, size=(40, *SHAPE)).astype(np.float32)
 TIMED_KILLS = 16  # plus the injected ones below: 24 kill points
+HANG_SECONDS = 120  # a child that neither pauses nor finishes by then has hung
 # (what to patch, which file or call) for the kills inside a checkpoint write
 INJECTED_KILLS = [
     ("half-written", WEIGHTS_FILE), ("half-written", CONFIG_FILE), ("half-written", "optimizer.safetensors"),
@@ -61,8 +64,8 @@ def _pause_at(point, tell_parent) -> None:
     kind, file = point
 
     def pause():
-        os.write(tell_parent, b"P")
-        time.sleep(60)
+        tell_parent.send("paused")
+        time.sleep(HANG_SECONDS)
 
     if kind == "half-written":
         real_replace = os.replace
@@ -97,6 +100,9 @@ def _child(run_dir: Path, point, tell_parent) -> None:
     """Train (or resume) to the end and write the final model; never returns."""
     code = 1
     try:
+        # fsync guards against power loss; a killed process's writes survive in
+        # the page cache without it, and skipping it makes checkpoints ~10x faster
+        os.fsync = lambda fd: None
         if point is not None:
             _pause_at(point, tell_parent)
         checkpoints = run_dir / "checkpoints"
@@ -109,29 +115,35 @@ def _child(run_dir: Path, point, tell_parent) -> None:
         os._exit(code)
 
 
-def run_child(run_dir: Path, *, kill_after: float | None = None, point=None) -> str:
-    """Fork a training child; SIGKILL it after `kill_after` seconds or when it
+@pytest.fixture(scope="module")
+def forkserver():
+    """A multiprocessing context whose children fork from a clean server process."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "gfe", __name__])
+    return context
+
+
+def run_child(context, run_dir: Path, *, kill_after: float | None = None, point=None) -> str:
+    """Start a training child; SIGKILL it after `kill_after` seconds or when it
     pauses at `point`. Returns "killed" or "finished"."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_end)
-        _child(run_dir, point, write_end)
-    os.close(write_end)
+    listen, tell_parent = context.Pipe(duplex=False)
+    child = context.Process(target=_child, args=(run_dir, point, tell_parent))
+    child.start()
+    tell_parent.close()
     try:
-        wait = 120.0 if kill_after is None else kill_after
-        ready, _, _ = select.select([read_end], [], [], wait)
-        paused = bool(ready) and os.read(read_end, 1) == b"P"
-        finished, status = os.waitpid(pid, os.WNOHANG)
-        if not finished and (paused or kill_after is not None):
-            os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0) if not finished else (pid, status)
+        paused = listen.poll(HANG_SECONDS if kill_after is None else kill_after)
+        if paused or kill_after is not None:
+            child.kill()
+        child.join(HANG_SECONDS)
+        if child.exitcode is None:
+            child.kill()
+            child.join()
+            pytest.fail(f"a training child hung for {HANG_SECONDS} s (point={point}, kill_after={kill_after})")
     finally:
-        os.close(read_end)
-    if os.WIFSIGNALED(status):
-        assert os.WTERMSIG(status) == signal.SIGKILL
+        listen.close()
+    if child.exitcode == -9:
         return "killed"
-    assert os.WEXITSTATUS(status) == 0, "the training child failed"
+    assert child.exitcode == 0, f"the training child failed with exit code {child.exitcode}"
     return "finished"
 
 
@@ -168,14 +180,12 @@ def assert_same_as_reference(run_dir: Path, reference: Trainer) -> None:
     assert _records(Trainer.resume(run_dir / "checkpoints", progress=False).history) == _records(reference.history)
 
 
-def test_sigkill_at_many_moments_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
-    # fsync guards against power loss; a killed process's writes survive in the
-    # page cache without it, and skipping it makes checkpoints ~10x faster here
-    monkeypatch.setattr(os, "fsync", lambda fd: None)
+def test_sigkill_at_many_moments_resumes_to_the_uninterrupted_result(tmp_path, forkserver):
     reference = new_trainer(tmp_path / "reference")
     reference.fit(X)
+    run_child(forkserver, tmp_path / "warm-up")  # starts the fork server
     start = time.perf_counter()  # a child's uninterrupted run times one epoch plus its checkpoint
-    assert run_child(tmp_path / "timing") == "finished"
+    assert run_child(forkserver, tmp_path / "timing") == "finished"
     epoch_seconds = (time.perf_counter() - start) / CONFIG.epochs
     assert_same_as_reference(tmp_path / "timing", reference)
 
@@ -188,7 +198,7 @@ def test_sigkill_at_many_moments_resumes_to_the_uninterrupted_result(tmp_path, m
     for _ in range(2 * len(schedule)):  # a kill the run outpaced is retried on a fresh run
         if not pending:
             break
-        if run_child(runs[-1], **pending[0]) == "killed":
+        if run_child(forkserver, runs[-1], **pending[0]) == "killed":
             pending.pop(0)
         epochs = assert_nothing_half_written(runs[-1])
         assert epochs >= epochs_done, "a kill lost a complete checkpoint"
@@ -200,5 +210,5 @@ def test_sigkill_at_many_moments_resumes_to_the_uninterrupted_result(tmp_path, m
     assert not pending, f"{len(pending)} of {len(schedule)} kills never landed before a run finished"
 
     if not (runs[-1] / "model").exists():
-        assert run_child(runs[-1]) == "finished"
+        assert run_child(forkserver, runs[-1]) == "finished"
     assert_same_as_reference(runs[-1], reference)
