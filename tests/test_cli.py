@@ -49,8 +49,10 @@ def test_train_writes_a_model_directory_and_history(workdir):
 def test_encode_then_decode(workdir, suffix):
     latents = workdir / f"latents{suffix}"
     assert run("encode", workdir / "model", workdir / "images.npy", "-o", latents, "--quiet") == 0
-    expected = gfe.encode(gfe.load_model(workdir / "model").decoder, np.load(workdir / "images.npy"),
-                          **gfe.load_model(workdir / "model").settings["encode"])
+    loaded = gfe.load_model(workdir / "model")
+    assert loaded.start is not None  # flows begin at the learned start map
+    expected = gfe.encode(loaded.decoder, np.load(workdir / "images.npy"), z0=loaded.start,
+                          **loaded.settings["encode"])
     if suffix == ".h5":
         with h5py.File(latents) as f:
             np.testing.assert_array_equal(f["z"][...], expected.z.numpy())
@@ -164,12 +166,12 @@ def test_latents_file_round_trip_with_provenance(workdir, capsys):
     assert run("encode", model, data, "-o", latents, "--quiet", "--options", '{"gtol": 1e-4}') == 0
     loaded = gfe.load_model(model)
     settings = {**loaded.settings["encode"], "gtol": 1e-4}
-    expected = gfe.encode(loaded.decoder, np.load(data), **settings)
+    expected = gfe.encode(loaded.decoder, np.load(data), z0=loaded.start, **settings)
     encoding, meta = read_encoding(latents)
     for name in ("z", "loss", "steps", "nfe", "status", "t"):
         assert torch.equal(getattr(encoding, name), getattr(expected, name)), name
     assert meta["model_weights_sha256"] == loaded.config["weights_sha256"]
-    assert meta["encode_settings"] == settings
+    assert meta["encode_settings"] == {"start": "learned", **settings}
     assert meta["gfe_version"] == gfe.__version__ and meta["torch_version"] == torch.__version__
     assert meta["input"] == str(data) and meta["input_sha256"] == file_sha256(data)
     capsys.readouterr()

@@ -2,10 +2,10 @@
 the middle of checkpoint writes, resumes to exactly the parameters of an
 uninterrupted run, and no half-written checkpoint or model is ever visible.
 
-Each run is a child forked from a fork server that has imported torch and gfe
-but never computed (so a restart costs milliseconds, and no thread pool or lock
-of the test process is inherited half-held: forking the pytest process itself
-hung intermittently once earlier tests had started torch's OpenMP threads).
+Each run is a child forked from a fork server that has imported torch but
+never computed (so a restart costs half a second, and no thread pool or lock of
+the test process is inherited half-held: forking the pytest process itself hung
+intermittently once earlier tests had started torch's OpenMP threads).
 Kills land at delays spread over the next epoch or so, and at points inside
 `Trainer.save_checkpoint` where the child, patched in the child, reports over a
 pipe and pauses: with a temporary file half written, after the model but before
@@ -119,7 +119,9 @@ def _child(run_dir: Path, point, tell_parent) -> None:
 def forkserver():
     """A multiprocessing context whose children fork from a clean server process."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "gfe", __name__])
+    # torch only: importing gfe (torchode) starts OpenMP's thread pool, which a
+    # forked child cannot use (MKL's Cholesky then hangs); children import gfe
+    context.set_forkserver_preload(["torch"])
     return context
 
 

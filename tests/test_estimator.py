@@ -53,7 +53,15 @@ def fitted(X):
 # estimator unchanged (per-sample statistics come from `encode`, not from state).
 # scikit-learn itself skips check_array_api_input unless SCIPY_ARRAY_API is set;
 # GFE computes in torch and does not accept array-API inputs.
-@parametrize_with_checks([tiny(epochs=1, batch_size=64, decoder={"type": "mlp", "hidden": [8]})])
+# check_methods_sample_order_invariance asks for equality to 1e-7 relative;
+# float32 matrix kernels round a row differently by its position in the batch,
+# which moves an unconverged latent by about that much (README, "Reproducible").
+# The float64 tests in test_flows_and_solvers.py show order invariance bit for bit.
+FLOAT32_ROUNDING = {"check_methods_sample_order_invariance": "float32 matrix kernels round rows by position"}
+
+
+@parametrize_with_checks([tiny(epochs=1, batch_size=64, decoder={"type": "mlp", "hidden": [8]})],
+                         expected_failed_checks=lambda estimator: FLOAT32_ROUNDING)
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
@@ -138,7 +146,8 @@ def test_load_a_model_the_trainer_saved(X, tmp_path):
     trainer.fit(X.reshape(30, 2, 3))
     trainer.save_model(tmp_path / "model")
     loaded = GFE.load(tmp_path / "model")
-    expected = gfe.encode(trainer.decoder, X.reshape(30, 2, 3), **trainer.settings()["encode"]).z.detach().numpy()
+    expected = gfe.encode(trainer.decoder, X.reshape(30, 2, 3), z0=trainer.start_fit.fitted(),
+                          **trainer.settings()["encode"]).z.detach().numpy()
     assert loaded.feature_shape == (2, 3) and loaded.n_features_in_ == 6
     assert np.array_equal(loaded.transform(X), expected)
     assert loaded.inverse_transform(expected).shape == (30, 6)

@@ -92,6 +92,15 @@ class Replicas:
         dist.all_reduce(tensor)
         return tuple(tensor.tolist())
 
+    def sum_tensors(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Elementwise sums of `tensors` over all processes (each process passes the same shapes)."""
+        if self.world_size == 1:
+            return tensors
+        summed = tuple(t.clone() for t in tensors)
+        for tensor in summed:
+            dist.all_reduce(tensor)
+        return summed
+
     def barrier(self) -> None:
         """Wait for every process, e.g. until rank 0 has finished writing a checkpoint."""
         if self.world_size > 1:

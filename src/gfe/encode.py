@@ -174,7 +174,9 @@ def encode(
     plain latent optimizer for comparison, "adam" or "lbfgs" (first-order flow only);
     `loss` is "bce" (data in [0, 1], decoder gives logits), "mse" or "poisson"
     (counts, decoder gives log-rates). The start is `z0 = 0` unless `z0` is given
-    (an (N, d) array) or `seed` is set (then `z0 ~ N(0, init_scale²)`, reproducible).
+    (an (N, d) array, or a function of the validated batch and weights such as a
+    model's learned start map, `gfe.start.RidgeStart`) or `seed` is set (then
+    `z0 ~ N(0, init_scale²)`, reproducible).
     `weights` (feature shape, or one row per sample) weight or mask features.
 
     Other options: alpha (flow speed), tau (final time), max_steps, gtol (gradient
@@ -189,8 +191,9 @@ def encode(
     encoder = FlowEncoder(decoder, flow=flow, solver=solver, loss=loss, **options)
     param = next(decoder.parameters())
     x = _as_batch(decoder, x, encoder.loss.name, param)
-    start = _start(z0, seed, init_scale, x.shape[0], decoder.latent_dim, param)
-    return encoder(x, start, as_weights(weights, x, param))
+    weights = as_weights(weights, x, param)
+    start = _start(z0, seed, init_scale, x, weights, decoder.latent_dim, param)
+    return encoder(x, start, weights)
 
 
 def _solver(name: str, options: dict):
@@ -218,7 +221,11 @@ def _as_batch(decoder: nn.Module, x, loss: str, like: torch.Tensor) -> torch.Ten
     return torch.from_numpy(array).to(device=like.device, dtype=like.dtype)
 
 
-def _start(z0, seed, scale, n, d, like) -> torch.Tensor:
+def _start(z0, seed, scale, x, weights, d, like) -> torch.Tensor:
+    n = x.shape[0]
+    if callable(z0):
+        with torch.no_grad():
+            z0 = z0(x, weights)
     if z0 is not None:
         start = torch.as_tensor(np.asarray(z0) if not isinstance(z0, torch.Tensor) else z0)
         if start.shape != (n, d):

@@ -33,7 +33,8 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     `fit` trains a decoder on latents found by a gradient flow (there is no
     encoder); `transform` finds each row's latent by integrating that flow from
-    z0 = 0, so latents are deterministic and do not depend on the other rows;
+    a start that depends on the row alone (`start_`), so latents are
+    deterministic and do not depend on the other rows;
     `inverse_transform` decodes latents back to data space.
 
     Parameters
@@ -74,6 +75,11 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     ----------
     decoder_ : torch.nn.Module
         The trained decoder.
+    start_ : gfe.start.RidgeStart or None
+        The learned start map: a ridge regression from rows to the latents the
+        flow found during training, where `transform`'s flows begin (about three
+        times fewer decoder evaluations than from 0 for the same loss). None
+        (start at 0) for more than `gfe.start.MAX_FEATURES` features.
     n_features_in_ : int
     feature_names_in_ : ndarray of str (only when X had string column names)
     n_iter_ : int
@@ -167,6 +173,7 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             trainer = Trainer(config, shape, decoder=decoder, progress=bool(self.verbose))
             trainer.fit(X)
         self.decoder_ = trainer.decoder.eval()
+        self.start_ = None if trainer.start_fit is None else trainer.start_fit.fitted()
         self._settings = trainer.settings()
         self.n_iter_ = len(trainer.history)
         # fit has no validation data, so each record's val_loss is NaN: leave it out.
@@ -229,10 +236,10 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         return self._encode(validate_data(self, X, dtype=np.float32, reset=False))
 
     def _encode(self, X: np.ndarray) -> Encoding:
-        return encode(self.decoder_, X, **self._settings["encode"])
+        return encode(self.decoder_, X, z0=self.start_, **self._settings["encode"])
 
     def transform(self, X):
-        """Latents of X, shape (n_samples, latent_dim): each row's flow from z0 = 0."""
+        """Latents of X, shape (n_samples, latent_dim): each row's flow from its start."""
         return _numpy(self.encode(X).z)
 
     def inverse_transform(self, Z):
@@ -271,7 +278,8 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                   "reconstruction_err": self.reconstruction_err_, "encode_stats": self.encode_stats_}
         if hasattr(self, "feature_names_in_"):
             fitted["feature_names_in"] = self.feature_names_in_.tolist()
-        return save_model(directory, self.decoder_, settings={**self._settings, "estimator": fitted})
+        return save_model(directory, self.decoder_, settings={**self._settings, "estimator": fitted},
+                          start=self.start_)
 
     @classmethod
     def load(cls, directory) -> "GFE":
@@ -294,6 +302,7 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             encode_options=train["encode_options"], random_state=train["seed"])
         fitted = settings.pop("estimator", {})
         model.decoder_ = loaded.decoder
+        model.start_ = loaded.start
         model._settings = settings
         model.n_features_in_ = math.prod(out_shape)
         model.n_iter_ = fitted.get("n_iter", train["epochs"])

@@ -257,6 +257,7 @@ def decoder_gradients(decoder: nn.Module, x, *, gradient: str = "adjoint", z0=No
     check_gradient(gradient, encoder.solver, encoder.solver_options.get("step", "flow"))
     param = next(decoder.parameters())
     x = _as_batch(decoder, x, encoder.loss.name, param)
-    start = _start(z0, seed, init_scale, x.shape[0], decoder.latent_dim, param)
-    _, grads = flow_gradients(encoder, x, start, as_weights(weights, x, param), gradient)
+    weights = as_weights(weights, x, param)
+    start = _start(z0, seed, init_scale, x, weights, decoder.latent_dim, param)
+    _, grads = flow_gradients(encoder, x, start, weights, gradient)
     return grads

@@ -222,7 +222,8 @@ ENCODERS: dict[str, type[nn.Module]] = {
     cls.kind: cls for cls in (MLPEncoder, Conv1dEncoder, Conv2dEncoder)}
 
 
-def _build(registry: dict, config, what: str) -> nn.Module:
+def build_registered(registry: dict, config, what: str) -> nn.Module:
+    """Instantiate `config["type"]` from `registry` with the config's other keys as arguments."""
     if not isinstance(config, dict) or not isinstance(config.get("type"), str):
         raise ConfigError(f"a {what} config must be a dict with a string 'type'; got {config!r}")
     arguments = dict(config)
@@ -237,12 +238,12 @@ def _build(registry: dict, config, what: str) -> nn.Module:
 
 def build_decoder(config: dict) -> nn.Module:
     """Rebuild a decoder (with fresh weights) from its `config()`."""
-    return _build(DECODERS, config, "decoder")
+    return build_registered(DECODERS, config, "decoder")
 
 
 def build_encoder_from_config(config: dict) -> nn.Module:
     """Rebuild an encoder (with fresh weights) from its `config()`."""
-    return _build(ENCODERS, config, "encoder")
+    return build_registered(ENCODERS, config, "encoder")
 
 
 def build_encoder(decoder: nn.Module) -> nn.Module:

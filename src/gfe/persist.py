@@ -1,6 +1,7 @@
 """Model directories (safetensors weights + JSON config) and atomic file writes.
 
-A model directory holds `weights.safetensors` and `config.json`. The config
+A model directory holds `weights.safetensors` and `config.json`: the decoder,
+the autoencoder's encoder if any, and the learned start map if any. The config
 names architectures by registry key and records the weights' SHA-256, so
 loading never runs code (no pickle, no `torch.load`) and a modified or
 truncated weights file is caught before use. Every file is written to a
@@ -27,6 +28,7 @@ from torch import nn
 
 from .errors import ConfigError, ModelFileError
 from .models import DECODERS, ENCODERS, build_decoder, build_encoder_from_config
+from .start import STARTS, build_start
 
 FORMAT = "gfe-model"
 FORMAT_VERSION = 1
@@ -113,8 +115,9 @@ def _registered_config(module: nn.Module, registry: dict, what: str) -> dict:
     return config
 
 
-def save_model(directory, decoder: nn.Module, *, settings: dict, encoder: nn.Module | None = None) -> Path:
-    """Write `decoder` (and `encoder`) with the `settings` used to train them.
+def save_model(directory, decoder: nn.Module, *, settings: dict, encoder: nn.Module | None = None,
+               start: nn.Module | None = None) -> Path:
+    """Write `decoder` (and `encoder`, and the `start` map) with the `settings` used to train them.
 
     The weights go first and the config, which holds their digest, last: a
     directory whose config is in place is complete. Returns the directory.
@@ -125,13 +128,15 @@ def save_model(directory, decoder: nn.Module, *, settings: dict, encoder: nn.Mod
         json.dumps(settings, allow_nan=False)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"settings must be JSON-serialisable (no NaN or inf): {err}") from err
-    modules = {"decoder": decoder} if encoder is None else {"decoder": decoder, "encoder": encoder}
+    modules = {"decoder": decoder, "encoder": encoder, "start": start}
+    modules = {part: module for part, module in modules.items() if module is not None}
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "gfe_version": gfe_version(),
         "decoder": _registered_config(decoder, DECODERS, "decoder"),
         "encoder": None if encoder is None else _registered_config(encoder, ENCODERS, "encoder"),
+        "start": None if start is None else _registered_config(start, STARTS, "start"),
         "settings": settings,
     }
     tensors = {
@@ -157,6 +162,7 @@ class LoadedModel:
     encoder: nn.Module | None
     settings: dict
     config: dict
+    start: nn.Module | None = None  # the learned start map (models trained before it have none)
 
 
 def _read_config(path: Path) -> dict:
@@ -230,7 +236,11 @@ def load_model(directory) -> LoadedModel:
     decoder = _build(build_decoder, config["decoder"], "decoder", config_path)
     encoder = None if config["encoder"] is None else _build(
         build_encoder_from_config, config["encoder"], "encoder", config_path)
-    modules = {"decoder": decoder} if encoder is None else {"decoder": decoder, "encoder": encoder}
+    start = None if config.get("start") is None else _build(build_start, config["start"], "start", config_path)
+    if start is not None and (start.latent_dim, start.feature_shape) != (decoder.latent_dim, decoder.out_shape):
+        raise ModelFileError(f"{config_path}: the start map's shapes do not match the decoder's")
+    modules = {"decoder": decoder, "encoder": encoder, "start": start}
+    modules = {part: module for part, module in modules.items() if module is not None}
     stray = [name for name in tensors if name.split(".", 1)[0] not in modules]
     if stray:
         raise ModelFileError(f"{weights_path} holds tensors for no configured model: {stray}")
@@ -239,4 +249,4 @@ def load_model(directory) -> LoadedModel:
         own = {name[len(prefix):]: t for name, t in tensors.items() if name.startswith(prefix)}
         _load_weights(module, own, what, weights_path)
         module.float().eval()
-    return LoadedModel(decoder=decoder, encoder=encoder, settings=config["settings"], config=config)
+    return LoadedModel(decoder=decoder, encoder=encoder, settings=config["settings"], config=config, start=start)

@@ -27,6 +27,7 @@ from .normalise import check_normalisation
 from .normalise import normalise as normalise_samples
 from .persist import atomic_path, file_sha256, load_model
 from .solvers import Status
+from .start import MAX_FEATURES
 from .tensorboard_log import TensorBoardLog
 from .train import TrainConfig, Trainer
 
@@ -42,6 +43,7 @@ def _say(quiet: bool, text: str) -> None:
 def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_dim=20, epochs=1, batch_size=5,
                 optimizer="rmsprop", lr=5e-4, loss="bce", val_fraction=0.1, seed=0, encode_options=None,
                 normalise="none", resume=False, quiet=False, tensorboard=None, gradient="approx", on_nonfinite="stop",
+                start="learned",
                 replicas: Replicas = Replicas()) -> Trainer:
     """Train on the samples in `data` and write the model directory `out`.
 
@@ -81,7 +83,8 @@ def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_
                               "or choose another --out")
         config = TrainConfig(method=method, latent_dim=latent_dim, epochs=epochs, batch_size=batch_size,
                              optimizer=optimizer, lr=lr, loss=loss, seed=seed,
-                             encode_options=dict(encode_options or {}), gradient=gradient, on_nonfinite=on_nonfinite)
+                             encode_options=dict(encode_options or {}), gradient=gradient, on_nonfinite=on_nonfinite,
+                             start=start)
         torch.manual_seed(seed)
         model = DECODER_KINDS[decoder](latent_dim, dataset.x.shape[1:])
         trainer = Trainer(config, dataset.x.shape[1:], decoder=model, checkpoint_dir=checkpoints,
@@ -109,8 +112,17 @@ def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_
 
 
 def encode_settings(loaded, options: dict | None) -> dict:
-    """The model's stored encode settings with the user's `options` on top."""
-    return {**loaded.settings.get("encode", {}), **(options or {})}
+    """The model's stored encode settings with the user's `options` on top,
+    including where flows start: "learned" (the model's start map, if it has
+    one, the default) or "zero"."""
+    settings = {"start": "learned" if loaded.start is not None else "zero",
+                **loaded.settings.get("encode", {}), **(options or {})}
+    if settings["start"] not in ("learned", "zero"):
+        raise ConfigError(f"start must be 'learned' or 'zero'; got {settings['start']!r}")
+    if settings["start"] == "learned" and loaded.start is None:
+        raise ConfigError("this model has no learned start map (trained with start='zero', on more than "
+                          f"{MAX_FEATURES} features, or by an older gfe); encode with start='zero'")
+    return settings
 
 
 def encode_samples(loaded, x: np.ndarray, options: dict | None, *, progress: bool = False,
@@ -120,7 +132,8 @@ def encode_samples(loaded, x: np.ndarray, options: dict | None, *, progress: boo
     settings = encode_settings(loaded, options)
     if loaded.encoder is not None and not options:
         return _encode_with_encoder(loaded, x, settings["loss"], weights)
-    return encode(loaded.decoder, x, progress=progress, weights=weights, **settings)
+    z0 = loaded.start if settings.pop("start") == "learned" else None
+    return encode(loaded.decoder, x, progress=progress, weights=weights, z0=z0, **settings)
 
 
 def prepare_spectra(loaded, dataset) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:

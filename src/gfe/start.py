@@ -1,0 +1,143 @@
+"""Learned starting latents: a ridge regression from a sample to its latent.
+
+From `z0 = 0` the flow spends most of its decoder evaluations travelling from
+the origin into the sample's basin. A linear map fitted to the latents the flow
+found for earlier samples starts it close to its end: on MNIST the flow then
+reaches the same loss in about a third of the evaluations (docs/benchmarks.md).
+The map reads the sample alone, so encodings stay deterministic and do not
+depend on batch-mates; the flow, not the map, decides where a sample ends.
+
+`RidgeStart` is the fitted map, saved with a model. `RidgeFit` is the trainer's
+running fit: exponentially forgetting least-squares statistics (latents found
+by an early decoder matter less than recent ones), re-solved every few batches.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigError
+from .models import _Configurable, _int_tuple, _positive_int, build_registered
+
+MAX_FEATURES = 4096  # the (features + 1)² statistics must stay small; above this, start at 0
+ROW_ELEMENTS = 1 << 22  # rows × features × latents per step of `RidgeStart.forward` (16 MiB in float32)
+
+
+def masked_features(x: Tensor, weights: Tensor | None) -> Tensor:
+    """Rows of `x` flattened, with masked-out features (weight 0) zeroed, so a
+    masked entry cannot move a sample's start and hence its encoding."""
+    flat = x.flatten(1)
+    if weights is not None:  # the feature shape, or one row per sample
+        flat = flat * (weights.reshape(-1, flat.shape[1]) != 0)
+    return flat
+
+
+class RidgeStart(_Configurable):
+    """`z0 = [x, 1] @ weight`: the affine map from features to a starting latent."""
+
+    kind = "ridge"
+
+    def __init__(self, feature_shape, latent_dim: int):
+        super().__init__()
+        self.feature_shape = _int_tuple("feature_shape", feature_shape)
+        self.latent_dim = _positive_int("latent_dim", latent_dim)
+        self.register_buffer("weight", torch.zeros(math.prod(self.feature_shape) + 1, self.latent_dim))
+        self._remember(feature_shape=list(self.feature_shape), latent_dim=self.latent_dim)
+
+    def forward(self, x: Tensor, weights: Tensor | None = None) -> Tensor:
+        # Products summed per row, not a matrix product: GEMM kernels round a row
+        # differently depending on its position in the batch, and a sample's start
+        # must not depend on its batch-mates.
+        flat = masked_features(x, weights).to(self.weight.dtype)
+        rows = max(1, ROW_ELEMENTS // self.weight.numel())
+        starts = [(part[:, :, None] * self.weight[:-1]).sum(1) for part in flat.split(rows)]
+        return (torch.cat(starts) + self.weight[-1]).to(x.dtype) if starts else x.new_zeros((0, self.latent_dim))
+
+
+STARTS: dict[str, type[nn.Module]] = {RidgeStart.kind: RidgeStart}
+
+
+def build_start(config: dict) -> nn.Module:
+    """Rebuild a start map (zero weights) from its `config()`."""
+    return build_registered(STARTS, config, "start")
+
+
+def can_learn_start(feature_shape) -> bool:
+    return math.prod(feature_shape) <= MAX_FEATURES
+
+
+class RidgeFit:
+    """Running ridge fit of latents on features, in float64.
+
+    `update` adds a batch to the statistics (older samples decay by `1 - 1/memory`
+    per sample seen); every `refit_every` samples the map in use is re-solved,
+    with a penalty of `penalty` times the mean diagonal of the statistics, so it
+    does not depend on the data's scale. `state_dict` holds everything a resumed
+    run needs to continue exactly.
+    """
+
+    def __init__(self, feature_shape, latent_dim: int, *, memory: float = 2000.0, penalty: float = 0.01,
+                 refit_every: int | None = None):
+        if not can_learn_start(feature_shape):
+            raise ConfigError(f"a learned start needs at most {MAX_FEATURES} features; got {math.prod(feature_shape)}")
+        if not (memory >= 1 and penalty > 0 and (refit_every is None or refit_every >= 1)):
+            raise ConfigError(f"RidgeFit needs memory >= 1, penalty > 0 and refit_every >= 1; got "
+                              f"memory={memory}, penalty={penalty}, refit_every={refit_every}")
+        self.start = RidgeStart(feature_shape, latent_dim)
+        size = math.prod(self.start.feature_shape) + 1
+        if refit_every is None:  # a solve costs ~size³: ~10 ms at MNIST's 785, so refit often there, less for more
+            refit_every = max(25, round(25 * (size / 1024) ** 2))
+        self.gram = torch.zeros(size, size, dtype=torch.float64)
+        self.cross = torch.zeros(size, latent_dim, dtype=torch.float64)
+        self.since_refit = 0
+        self.memory, self.penalty, self.refit_every = memory, penalty, refit_every
+
+    def statistics(self, x: Tensor, z: Tensor, weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """A batch's own contributions `(AᵀA, AᵀZ)` with `A = [features, 1]`."""
+        flat = masked_features(x, weights).to(torch.float64)
+        design = torch.cat([flat, flat.new_ones(len(flat), 1)], dim=1)
+        return design.T @ design, design.T @ z.detach().to(torch.float64)
+
+    def update(self, gram: Tensor, cross: Tensor, n_samples: int) -> None:
+        """Fold in a batch's statistics (summed over replicas under DDP)."""
+        if n_samples == 0:
+            return
+        decay = (1.0 - 1.0 / self.memory) ** n_samples
+        self.gram.mul_(decay).add_(gram)
+        self.cross.mul_(decay).add_(cross)
+        self.since_refit += n_samples
+        if self.since_refit >= self.refit_every:
+            self.start.weight.copy_(self.solution())
+            self.since_refit = 0
+
+    def solution(self) -> Tensor:
+        """The ridge map of the current statistics (float32, as used)."""
+        ridge = self.penalty * self.gram.diagonal().mean().clamp(min=1e-12)
+        system = self.gram + ridge * torch.eye(len(self.gram), dtype=self.gram.dtype)
+        factor, info = torch.linalg.cholesky_ex(system)
+        if int(info) != 0:  # not positive definite: only possible with non-finite statistics
+            return torch.zeros_like(self.start.weight)
+        return torch.cholesky_solve(self.cross, factor).to(self.start.weight.dtype)
+
+    def fitted(self) -> RidgeStart:
+        """A start map solved from all statistics so far, e.g. for a saved model."""
+        start = RidgeStart(self.start.feature_shape, self.start.latent_dim)
+        start.weight.copy_(self.solution())
+        return start
+
+    def state_dict(self) -> dict:
+        return {"gram": self.gram, "cross": self.cross, "weight": self.start.weight,
+                "since_refit": self.since_refit}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in ("gram", "cross"):
+            if getattr(self, name).shape != state[name].shape:
+                raise ConfigError(f"learned-start statistics {name} have shape {tuple(state[name].shape)}, "
+                                  f"expected {tuple(getattr(self, name).shape)}")
+        self.gram = state["gram"].to(torch.float64).clone()
+        self.cross = state["cross"].to(torch.float64).clone()
+        self.start.weight.copy_(state["weight"])
+        self.since_refit = int(state["since_refit"])

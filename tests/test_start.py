@@ -1,0 +1,148 @@
+"""The learned start map: a ridge fit of latents on samples, where flows begin."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+import gfe
+from gfe import ConfigError, ModelFileError
+from gfe.cli import main
+from gfe.start import MAX_FEATURES, RidgeFit, RidgeStart
+from gfe.train import TrainConfig, Trainer
+
+
+def run(*argv) -> int:
+    try:
+        return main([str(a) for a in argv])
+    except SystemExit as exit_:  # errors end in parser.exit
+        return exit_.code
+
+
+def fit_in_batches(fit: RidgeFit, x: torch.Tensor, z: torch.Tensor, batch: int = 10) -> None:
+    for lo in range(0, len(x), batch):
+        gram, cross = fit.statistics(x[lo:lo + batch], z[lo:lo + batch])
+        fit.update(gram, cross, len(x[lo:lo + batch]))
+
+
+def test_the_fit_recovers_a_linear_map():
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(6, 2, generator=gen), torch.randn(2, generator=gen)
+    x = torch.rand(400, 2, 3, generator=gen)
+    fit = RidgeFit((2, 3), 2, penalty=1e-8, memory=1e9)
+    fit_in_batches(fit, x, x.flatten(1) @ a + b)
+    new = torch.rand(50, 2, 3, generator=gen)
+    torch.testing.assert_close(fit.fitted()(new), new.flatten(1) @ a + b, atol=1e-4, rtol=0)
+    # the map in use is re-solved every `refit_every` samples: here it has caught up
+    torch.testing.assert_close(fit.start(new), fit.fitted()(new))
+
+
+def test_older_samples_are_forgotten():
+    """With a short memory the fit follows the latest relation between samples and latents."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(600, 4, generator=gen)
+    fit = RidgeFit((4,), 1, penalty=1e-8, memory=50)
+    fit_in_batches(fit, x[:300], x[:300, :1])  # latents once followed feature 0 ...
+    fit_in_batches(fit, x[300:], -x[300:, 1:2])  # ... now they follow feature 1
+    # the first 300 samples' weight has decayed to (1 - 1/50)^300 = 0.2%
+    torch.testing.assert_close(fit.fitted()(x[:20]), -x[:20, 1:2], atol=0.02, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_sample_start_does_not_depend_on_its_batch(dtype):
+    start = RidgeStart((28, 28), 20)
+    start.weight.copy_(torch.randn(785, 20, generator=torch.Generator().manual_seed(2)))
+    x = torch.rand(300, 28, 28, generator=torch.Generator().manual_seed(3), dtype=dtype)
+    together = start(x)
+    assert together.dtype == dtype
+    for i in (0, 1, 7, 150, 299):
+        assert torch.equal(start(x[i:i + 1])[0], together[i])
+
+
+def test_masked_features_do_not_move_the_start():
+    start = RidgeStart((5,), 2)
+    start.weight.copy_(torch.randn(6, 2, generator=torch.Generator().manual_seed(4)))
+    mask = torch.tensor([1.0, 0.0, 1.0, 0.0, 2.0])
+    x = torch.rand(8, 5)
+    changed = x.clone()
+    changed[:, [1, 3]] = 100.0
+    assert torch.equal(start(x, mask), start(changed, mask))
+    assert torch.equal(start(x, mask.expand(8, 5)), start(x, mask))  # per-row weights too
+    fit = RidgeFit((5,), 2)
+    assert torch.equal(fit.statistics(x, x[:, :2], mask)[0], fit.statistics(changed, x[:, :2], mask)[0])
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x = (load_digits().data / 16.0).astype(np.float32)
+    return x[:500], x[500:700]
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    config = TrainConfig(latent_dim=8, batch_size=5, seed=0)
+    torch.manual_seed(0)
+    trainer = Trainer(config, (64,), progress=False)
+    trainer.fit(digits[0])
+    return trainer
+
+
+def test_the_learned_start_saves_evaluations_at_equal_loss(trained, digits):
+    """Trained on 500 digits, the start map reaches the zero start's loss in fewer evaluations."""
+    settings = trained.settings()["encode"]
+    zero = gfe.encode(trained.decoder, digits[1], **settings)
+    learned = gfe.encode(trained.decoder, digits[1], z0=trained.start_fit.fitted(), **settings)
+    assert float(learned.loss.mean()) <= 1.01 * float(zero.loss.mean())
+    assert float(learned.nfe.float().mean()) < 0.8 * float(zero.nfe.float().mean())
+
+
+def test_a_saved_model_keeps_its_start_map(trained, tmp_path):
+    trained.save_model(tmp_path / "model")
+    loaded = gfe.load_model(tmp_path / "model")
+    assert torch.equal(loaded.start.weight, trained.start_fit.fitted().weight)
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["start"] == {"type": "ridge", "feature_shape": [64], "latent_dim": 8}
+    config["start"]["latent_dim"] = 9  # a start map that cannot belong to this decoder
+    (tmp_path / "model" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFileError, match="start map"):
+        gfe.load_model(tmp_path / "model")
+
+
+def test_encode_starts_where_the_model_says_unless_asked_for_zero(trained, digits, tmp_path):
+    trained.save_model(tmp_path / "model")
+    loaded = gfe.load_model(tmp_path / "model")
+    np.save(tmp_path / "x.npy", digits[1][:20])
+    settings = trained.settings()["encode"]
+    for options, z0 in ((None, loaded.start), ('{"start": "zero"}', None)):
+        out = tmp_path / "z.npy"
+        argv = ["encode", tmp_path / "model", tmp_path / "x.npy", "-o", out, "--quiet"]
+        assert run(*argv, *(["--options", options] if options else [])) == 0
+        expected = gfe.encode(loaded.decoder, digits[1][:20], z0=z0, **settings).z.numpy()
+        np.testing.assert_array_equal(np.load(out), expected)
+
+
+def test_zero_start_training_saves_no_map_and_encode_says_so(digits, tmp_path, capsys):
+    np.save(tmp_path / "x.npy", digits[0][:40])
+    argv = ["train", tmp_path / "x.npy", "--out", tmp_path / "model", "--latent-dim", "2", "--start", "zero",
+            "--encode-options", '{"max_steps": 5}', "--quiet"]
+    assert run(*argv) == 0
+    assert gfe.load_model(tmp_path / "model").start is None
+    argv = ["encode", tmp_path / "model", tmp_path / "x.npy", "-o", tmp_path / "z.npy", "--quiet",
+            "--options", '{"start": "learned"}']
+    assert run(*argv) == 2
+    assert "has no learned start map" in capsys.readouterr().err
+
+
+def test_bad_settings_are_config_errors():
+    with pytest.raises(ConfigError, match="start must be one of"):
+        TrainConfig(start="pca")
+    with pytest.raises(ConfigError, match="at most"):
+        RidgeFit((MAX_FEATURES + 1,), 2)
+    with pytest.raises(ConfigError, match="memory >= 1"):
+        RidgeFit((4,), 2, memory=0.5)
+    # too many features for a learned start: training starts at 0 and saves no map
+    assert Trainer(TrainConfig(latent_dim=2), (MAX_FEATURES + 1,), progress=False).start_fit is None
