@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from gfe import cli, shards
+from gfe import cli, shards, workflows
 from gfe.models import MLPDecoder
 from gfe.latents import read_latents
 from gfe.persist import load_model, save_model
@@ -56,11 +56,12 @@ def snapshot(folder):
 
 
 class CountingEncoder:
-    """Stands in for `shards.encode_samples`, counting calls; raises KeyboardInterrupt at call `kill_at`."""
+    """Stands in for `workflows.encode_samples` (one call per chunk, here per
+    shard), counting calls; raises KeyboardInterrupt at call `kill_at`."""
 
     def __init__(self, kill_at=None):
         self.calls, self.kill_at = 0, kill_at
-        self.real = shards.encode_samples
+        self.real = workflows.encode_samples
 
     def __call__(self, *args, **kwargs):
         self.calls += 1
@@ -97,13 +98,13 @@ def test_killed_run_resumes_without_redoing_finished_shards(tmp_path, job, monke
     model, _, data, _ = job
     out = tmp_path / "out"
     killer = CountingEncoder(kill_at=2)
-    monkeypatch.setattr(shards, "encode_samples", killer)
+    monkeypatch.setattr(workflows, "encode_samples", killer)
     assert gfe("encode", model, data, "-o", out, "--shards", "3") == 130  # killed while encoding shard 1
     done = snapshot(out)
     assert sorted(done) == ["manifest.json", "shard-00000-of-00003.h5"]  # no half-written shard, no temp file
 
     counter = CountingEncoder()
-    monkeypatch.setattr(shards, "encode_samples", counter)
+    monkeypatch.setattr(workflows, "encode_samples", counter)
     assert gfe("encode", model, data, "-o", out, "--shards", "3") == 0
     assert counter.calls == 2  # shards 1 and 2 only
     assert all(snapshot(out)[name] == done[name] for name in done)  # shard 0 untouched

@@ -94,6 +94,9 @@ def _add_train(sub) -> None:
                    help="where training flows begin: learned (a ridge map from samples to the latents found so "
                         "far, saved with the model as where 'gfe encode' starts; ~3x fewer decoder evaluations) "
                         "or zero (the reference's z0 = 0). Validation always starts at 0")
+    p.add_argument("--lazy", action="store_true",
+                   help="keep the samples of a .npy or HDF5 DATA on disk and read each batch when it is needed "
+                        "(for data larger than memory; same result, slower per batch)")
     p.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
     p.add_argument("--tensorboard", type=Path, metavar="DIR", default=None,
                    help="also log each epoch's losses and flow steps for TensorBoard into DIR (needs the "
@@ -112,7 +115,8 @@ def _train(args) -> None:
                     optimizer=args.optimizer, lr=args.lr, loss=args.loss, val_fraction=args.val_fraction,
                     seed=args.seed, encode_options=args.encode_options, normalise=args.normalise, resume=args.resume,
                     quiet=args.quiet, tensorboard=args.tensorboard, replicas=replicas,
-                    gradient=args.gradient, on_nonfinite=args.on_nonfinite, start=args.start)
+                    gradient=args.gradient, on_nonfinite=args.on_nonfinite, start=args.start,
+                    lazy=args.lazy)
 
 
 def _add_encode(sub) -> None:
@@ -120,9 +124,11 @@ def _add_encode(sub) -> None:
         "encode", help="encode data with a trained model",
         description="Encode every sample of DATA by integrating the model's gradient flow from its learned start "
                     "(a ridge map from sample to latent fitted during training; --options '{\"start\": \"zero\"}' "
-                    "starts from z0 = 0). Deterministic and independent of batch-mates. .h5 output holds latents, "
-                    "per-sample loss, steps, decoder evaluations, status and provenance; .npz the same arrays; "
-                    ".npy the latents only.",
+                    "starts from z0 = 0). Deterministic and independent of batch-mates. .h5 output holds latents, per-sample "
+                    "loss, steps, decoder evaluations, status and provenance; .npz the same arrays; "
+                    ".npy the latents only. Samples are read, encoded and written a chunk (the encoder's "
+                    "chunk_size, 4096 unless --options say otherwise) at a time, so .npy and HDF5 data larger "
+                    "than memory can be encoded; the latents file appears only once complete.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", type=Path, help="model directory written by 'gfe train'")
     p.add_argument("data", help=DATA_HELP)
@@ -291,6 +297,12 @@ def _data_ins(args) -> None:
         print(f"{args.n} {args.kind} spectra written to {args.out}")
 
 
+def _add_result_options(q) -> None:
+    """Where a benchmark's JSON goes (printed if not given), and --quiet."""
+    q.add_argument("--json", type=Path, default=None, help="write the results here")
+    q.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks that write JSON")
     bench = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
@@ -303,14 +315,38 @@ def _add_bench(sub) -> None:
     q.add_argument("--methods", default="gfe-amd,ae", help="comma-separated training methods")
     q.add_argument("--samples", type=_int_list, default=[100, 1000], help="training-set sizes")
     q.add_argument("--n-test", type=int, default=1000, help="held-out samples")
-    q.add_argument("--json", type=Path, default=None, help="write the results here")
-    q.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _add_result_options(q)
     q.set_defaults(run=_bench_data_efficiency)
     _add_bench_encode(bench)
     _add_bench_sharded_encoding(bench)
     _add_bench_spectra(bench)
     _add_bench_gradients(bench)
     _add_bench_solvers(bench)
+    _add_bench_stream_memory(bench)
+
+
+def _add_bench_stream_memory(bench) -> None:
+    q = bench.add_parser(
+        "stream-memory", help="peak memory of 'gfe encode' against the number of samples",
+        description="Generate SIZES samples on disk (.npy, float32) and encode each in a fresh process, streamed "
+                    "in chunks (what 'gfe encode' does) and read whole (for contrast), with a small decoder and "
+                    "few steps; report each process's peak resident memory and seconds. Streamed, the peak stays "
+                    "flat.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    q.add_argument("--sizes", type=_int_list, default=[10_000, 100_000], help="numbers of samples")
+    q.add_argument("--features", type=int, default=256, help="features per sample")
+    q.add_argument("--chunk-rows", type=int, default=4096, help="samples per chunk (the encoder's chunk_size)")
+    q.add_argument("--max-steps", type=int, default=5, help="flow steps per sample (bounds the run time)")
+    _add_result_options(q)
+    q.set_defaults(run=_bench_stream_memory)
+
+
+def _bench_stream_memory(args) -> None:
+    from .bench import stream_memory
+
+    result = stream_memory.run(args.sizes, features=args.features, chunk_rows=args.chunk_rows,
+                               max_steps=args.max_steps, progress=not args.quiet)
+    _emit(result, args.json, args.quiet)
 
 
 def _add_bench_spectra(bench) -> None:
@@ -354,8 +390,7 @@ def _add_bench_encode(bench) -> None:
     q.add_argument("--model", type=Path, default=None, help="model directory written by 'gfe train'")
     q.add_argument("--n", type=int, default=10_000, help="samples to encode")
     q.add_argument("--batch", type=int, default=4096, help="samples per solver call")
-    q.add_argument("--json", type=Path, default=None, help="write the results here")
-    q.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _add_result_options(q)
     q.set_defaults(run=_bench_encode)
 
 
@@ -373,8 +408,7 @@ def _flow_bench_parser(bench, name: str, help: str, description: str, n_test: in
     q.add_argument("--dataset", default="mnist", help=DATA_HELP)
     q.add_argument("--n-train", type=int, default=1000, help="training samples (one pass)")
     q.add_argument("--n-test", type=int, default=n_test, help="held-out samples")
-    q.add_argument("--json", type=Path, default=None, help="write the results here")
-    q.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _add_result_options(q)
     return q
 
 
@@ -438,8 +472,7 @@ def _add_bench_sharded_encoding(bench) -> None:
     q.add_argument("--train-samples", type=int, default=100, help="images for the brief training (0: random decoder)")
     q.add_argument("--max-steps", type=int, default=200, help="flow step budget per sample when encoding")
     q.add_argument("--processes", type=int, default=2, help="N")
-    q.add_argument("--json", type=Path, default=None, help="write the results here")
-    q.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _add_result_options(q)
     q.set_defaults(run=_bench_sharded_encoding)
 
 

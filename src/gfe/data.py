@@ -7,9 +7,12 @@ one kind of error whatever the format.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import os
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +31,54 @@ def _is_numeric(dtype: np.dtype) -> bool:
     return dtype.kind in "biuf"
 
 
-def _read_npy(path: Path, key):
+class _NpyRows:
+    """An .npy file whose rows are read only when indexed (seek and read). Unlike
+    a memory map, it keeps no pages resident once a slice is dropped, and a file
+    truncated meanwhile gives a `DataError` instead of killing the process (SIGBUS)."""
+
+    def __init__(self, path: Path, file, shape: tuple[int, ...], dtype: np.dtype):
+        self.path, self.file, self.shape, self.dtype = path, file, shape, dtype
+        self.ndim = len(shape)
+        self.offset = file.tell()
+        self.row_bytes = math.prod(shape[1:]) * dtype.itemsize
+        expected = self.offset + shape[0] * self.row_bytes
+        if path.stat().st_size < expected:
+            raise DataError(f"{path} is truncated: its header promises {expected} bytes, "
+                            f"the file has {path.stat().st_size}")
+
+    def _rows(self, lo: int, hi: int) -> np.ndarray:
+        rows = np.empty((max(hi - lo, 0), *self.shape[1:]), self.dtype)
+        view, done = memoryview(rows).cast("B"), 0
+        self.file.seek(self.offset + lo * self.row_bytes)
+        while done < len(view):  # unbuffered reads may return less than asked
+            got = self.file.readinto(view[done:])
+            if not got:
+                raise DataError(f"{self.path} was truncated while it was being read")
+            done += got
+        return rows
+
+    def __getitem__(self, index) -> np.ndarray:
+        """`()` (everything), a slice of rows, or increasing row numbers."""
+        if isinstance(index, tuple) and index == ():
+            index = slice(None)
+        if isinstance(index, slice):
+            lo, hi, step = index.indices(self.shape[0])
+            if step != 1:
+                raise TypeError("only contiguous row slices are supported")
+            return self._rows(lo, hi)
+        return np.concatenate([self._rows(i, i + 1) for i in np.asarray(index)] or [self._rows(0, 0)])
+
+
+def _read_npy(path: Path, key, stack: contextlib.ExitStack):
+    """Rows read as they are indexed; arrays without rows, in Fortran order or
+    with a header version without a public reader are loaded whole (never unpickled)."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    file = stack.enter_context(open(path, "rb", buffering=0))  # no stale buffer if the file changes
+    version = np.lib.format.read_magic(file)
+    if version in readers:
+        shape, fortran_order, dtype = readers[version](file)
+        if shape and not fortran_order and not dtype.hasobject:
+            return _NpyRows(path, file, shape, dtype)
     return np.load(path, allow_pickle=False)
 
 
@@ -45,18 +95,19 @@ def _choose(path: Path, key, names: list[str], what: str) -> str:
     return key
 
 
-def _read_npz(path: Path, key):
+def _read_npz(path: Path, key, stack: contextlib.ExitStack):
     with np.load(path, allow_pickle=False) as archive:
         return archive[_choose(path, key, list(archive.files), "array")]
 
 
-def _read_h5(path: Path, key):
+def _read_h5(path: Path, key, stack: contextlib.ExitStack):
+    """The dataset itself, read as it is indexed; the file stays open until `stack` closes."""
     if key is not None:
         key = key.strip("/")  # HDF5 paths may be given absolute; visititems names are relative
-    with h5py.File(path, "r") as f:
-        names: list[str] = []
-        f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
-        return f[_choose(path, key, names, "dataset")][()]
+    f = stack.enter_context(h5py.File(path, "r"))
+    names: list[str] = []
+    f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+    return f[_choose(path, key, names, "dataset")]
 
 
 def _is_number(cell: str) -> bool:
@@ -67,7 +118,7 @@ def _is_number(cell: str) -> bool:
     return True
 
 
-def _read_csv(path: Path, key):
+def _read_csv(path: Path, key, stack: contextlib.ExitStack):
     """Comma-separated numbers, one sample per line; blank lines and `#` comments
     are skipped, and so is one header line before the data if it holds text."""
     rows: list[np.ndarray] = []
@@ -99,8 +150,11 @@ def _read_csv(path: Path, key):
     return np.stack(rows)
 
 
+# Readers take (path, key, stack) and return an array, or an array-like read as
+# it is indexed whose file stays open until the ExitStack `stack` closes.
 _READERS = {".npy": _read_npy, ".npz": _read_npz, ".h5": _read_h5, ".hdf5": _read_h5, ".csv": _read_csv}
 _KEYED = (".npz", ".h5", ".hdf5")
+_READ_ERRORS = (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile)
 
 
 def read_array(path, key: str | None = None) -> np.ndarray:
@@ -109,6 +163,18 @@ def read_array(path, key: str | None = None) -> np.ndarray:
     `key` names the array in an .npz or the dataset path in an HDF5 file; it
     may be left out when the file holds exactly one.
     """
+    with open_array(path, key) as array:
+        try:
+            return np.asarray(array[()])
+        except _READ_ERRORS as err:
+            raise DataError(f"cannot read {path}: {err}") from err
+
+
+@contextlib.contextmanager
+def open_array(path, key: str | None = None) -> Iterator:
+    """Like `read_array`, but yields the array unread (an .npy file's rows, the
+    HDF5 dataset itself), so that a file larger than memory can be read a slice
+    at a time; .npz and .csv files are read whole."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"no such file: {path}")
@@ -118,15 +184,16 @@ def read_array(path, key: str | None = None) -> np.ndarray:
                         f"supported: {', '.join(sorted(_READERS))}")
     if key is not None and suffix not in _KEYED:
         raise DataError(f"key {key!r} given for {path}, but only .npz and HDF5 files hold named arrays")
-    try:
-        array = np.asarray(_READERS[suffix](path, key))
-    except DataError:
-        raise
-    except (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile) as err:
-        raise DataError(f"cannot read {path}: {err}") from err
-    if not _is_numeric(array.dtype):
-        raise DataError(f"{path} holds {array.dtype} values; gfe needs integer or floating-point numbers")
-    return array
+    with contextlib.ExitStack() as stack:
+        try:
+            array = _READERS[suffix](path, key, stack)
+        except DataError:
+            raise
+        except _READ_ERRORS as err:
+            raise DataError(f"cannot read {path}: {err}") from err
+        if not _is_numeric(array.dtype):
+            raise DataError(f"{path} holds {array.dtype} values; gfe needs integer or floating-point numbers")
+        yield array
 
 
 @dataclass(frozen=True)
@@ -140,13 +207,102 @@ class Dataset:
     scaling: dict
 
 
-def _from_raw(raw: np.ndarray, name: str, by: float | None = None) -> Dataset:
-    """Divide by `by` (or by 255 for uint8 images) and record it."""
+def _scaling(raw, by: float | None = None) -> dict:
+    """Divide by `by`, or by 255 for uint8 images, or leave as is."""
     if by is None and raw.dtype == np.uint8:
         by = 255.0
-    if by is None:
-        return Dataset(raw.astype(np.float32), name, {"kind": "none"})
-    return Dataset((raw / by).astype(np.float32), name, {"kind": "divide", "by": by})
+    return {"kind": "none"} if by is None else {"kind": "divide", "by": by}
+
+
+@dataclass(frozen=True)
+class Samples:
+    """A dataset whose samples are still on disk: `on_disk` is the `Dataset` (or
+    `SpectraDataset`) with the raw array-like in place of `x` (an .npy file's
+    rows, an HDF5 dataset, or an array), read and scaled only when indexed, so
+    data larger than memory can be used a chunk or a batch at a time."""
+
+    on_disk: Dataset
+
+    def __len__(self) -> int:
+        return self.on_disk.x.shape[0] if self.on_disk.x.ndim else 1
+
+    def read(self, rows=()) -> np.ndarray:
+        """Rows (a slice, increasing row numbers, or `()` for all) as float32, scaled."""
+        try:
+            raw = np.asarray(self.on_disk.x[rows])
+        except _READ_ERRORS as err:
+            raise DataError(f"cannot read {self.on_disk.name}: {err}") from err
+        scaling = self.on_disk.scaling
+        with np.errstate(over="ignore"):  # values beyond float32 become inf, which validation reports
+            return (raw / scaling["by"] if scaling["kind"] == "divide" else raw).astype(np.float32)
+
+    def take(self, index) -> np.ndarray:
+        """Rows `index` in any order: read in increasing order (as HDF5 needs),
+        as one slice when they are consecutive."""
+        index = np.asarray(index, dtype=np.int64)
+        if len(index) == 0:
+            return self.read(slice(0, 0))
+        if np.array_equal(index, np.arange(index[0], index[0] + len(index))):
+            return self.read(slice(index[0], index[0] + len(index)))
+        unique, inverse = np.unique(index, return_inverse=True)
+        return self.read(unique)[inverse]
+
+    def chunks(self, rows: int, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """`(first row, samples)` of consecutive chunks of up to `rows` samples
+        from `start` to `stop`; everything at once when the array has no rows to
+        split (so that validation reports its shape)."""
+        if self.on_disk.x.ndim < 2 or self.on_disk.x.shape[0] == 0:
+            yield 0, self.read()
+            return
+        stop = len(self) if stop is None else stop
+        for lo in range(start, stop, rows):
+            yield lo, self.read(slice(lo, min(lo + rows, stop)))
+
+    def load(self) -> Dataset:
+        """The whole dataset in memory."""
+        return dataclasses.replace(self.on_disk, x=self.read())
+
+
+@contextlib.contextmanager
+def rows_named(name: str, start: int, stop: int, total: int) -> Iterator[None]:
+    """Make a `DataError` raised for samples `start:stop` of `total` name them:
+    positions in its message count from the chunk's start."""
+    try:
+        yield
+    except DataError as err:
+        if (start, stop) == (0, total):
+            raise
+        raise DataError(f"{name}, samples {start} to {stop - 1}: {err}") from err
+
+
+CHECK_ROWS = 4096  # samples per chunk when a file is checked without being loaded
+
+
+class SampleRows:
+    """Rows `index` of `samples` (all, in order, by default), read and passed
+    through `prepare` only by `read`: training on data larger than memory holds
+    one batch at a time. Indexing gives a view (so `split` works unchanged)."""
+
+    def __init__(self, samples: Samples, prepare, index: np.ndarray | None = None):
+        self.samples, self.prepare = samples, prepare
+        self.index = np.arange(len(samples)) if index is None else index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key) -> SampleRows:
+        return SampleRows(self.samples, self.prepare, self.index[key if isinstance(key, slice) else np.asarray(key)])
+
+    def read(self) -> np.ndarray:
+        return self.prepare(self.samples.take(self.index))
+
+    def check(self) -> None:
+        """Read every row once, a chunk at a time, so bad data are reported
+        before training starts rather than in the middle of it."""
+        for lo in range(0, len(self), CHECK_ROWS):
+            hi = min(lo + CHECK_ROWS, len(self))
+            with rows_named(self.samples.on_disk.name, lo, hi, len(self)):
+                self[lo:hi].read()
 
 
 def _mnist_path(explicit: str) -> Path:
@@ -164,27 +320,42 @@ def _mnist_path(explicit: str) -> Path:
     return path
 
 
-def load_dataset(name_or_path: str, key: str | None = None) -> Dataset:
-    """A built-in dataset ("digits", "mnist", "mnist=PATH") or an array file.
+@contextlib.contextmanager
+def open_samples(name_or_path: str, key: str | None = None) -> Iterator[Samples]:
+    """A built-in dataset or an array file as `Samples`, unread: .npy files and
+    HDF5 datasets are read as they are indexed, and stay open until the block ends.
 
-    Files are returned as float32 unchanged, except uint8 arrays, which are
-    divided by 255; rescale other data yourself to suit the loss. An HDF5 file
-    with a `spectra` dataset (and no `key`) is an INS spectra file: it is read
-    with `gfe.ins.load_spectra`, so its grids and mask come along.
+    An HDF5 file with a `spectra` dataset (and no `key`) is an INS spectra file
+    (`gfe.ins.open_spectra`), so its grids and mask come along.
     """
     name = str(name_or_path)
-    from .ins.io import is_spectra_file, load_spectra  # here: gfe.ins.io builds on this module
+    from .ins.io import is_spectra_file, open_spectra  # here: gfe.ins.io builds on this module
 
     if key is None and is_spectra_file(name):
-        return load_spectra(name)
-    if name == "digits":
+        with open_spectra(name) as samples:
+            yield samples
+    elif name == "digits":
         from sklearn.datasets import load_digits  # bundled with scikit-learn, offline
 
-        return _from_raw(load_digits().images, "digits", by=16.0)
-    if name == "mnist" or name.startswith("mnist="):
-        path = _mnist_path(name.partition("=")[2])
-        return _from_raw(read_array(path, key or "images"), "mnist")
-    return _from_raw(read_array(name, key), name)
+        images = load_digits().images
+        yield Samples(Dataset(images, "digits", _scaling(images, by=16.0)))
+    elif name == "mnist" or name.startswith("mnist="):
+        with open_array(_mnist_path(name.partition("=")[2]), key or "images") as raw:
+            yield Samples(Dataset(raw, "mnist", _scaling(raw)))
+    else:
+        with open_array(name, key) as raw:
+            yield Samples(Dataset(raw, name, _scaling(raw)))
+
+
+def load_dataset(name_or_path: str, key: str | None = None) -> Dataset:
+    """A built-in dataset ("digits", "mnist", "mnist=PATH") or an array file
+    (see `open_samples`), read into memory.
+
+    Files are returned as float32 unchanged, except uint8 arrays, which are
+    divided by 255; rescale other data yourself to suit the loss.
+    """
+    with open_samples(name_or_path, key) as samples:
+        return samples.load()
 
 
 def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -238,7 +409,8 @@ def validate_data(x, *, feature_shape=None, loss: str | None = None, dtype=np.fl
 
 
 def split(x: np.ndarray, n_train: int, n_test: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Disjoint random train and test subsets, the same for the same seed."""
+    """Disjoint random train and test subsets, the same for the same seed (of an
+    array, or views of `SampleRows`)."""
     if n_train < 1 or n_test < 0:
         raise ConfigError(f"need n_train >= 1 and n_test >= 0; got {n_train} and {n_test}")
     if n_train + n_test > len(x):

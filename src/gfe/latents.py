@@ -2,15 +2,21 @@
 
 `.h5` holds everything (datasets `z`, `loss`, `steps`, `nfe`, `status`, `t`; the
 provenance as JSON in the `provenance` attribute), `.npz` holds the same arrays
-without provenance, and `.npy` holds the latents alone. Every write is atomic.
+without provenance, and `.npy` holds the latents alone. Every write is atomic,
+and `latents_writer` writes a chunk of samples at a time, so memory does not
+grow with their number.
 Provenance names the model's weights digest, so decoding latents with another
 model is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
+import tempfile
+import zipfile
+from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 
@@ -50,26 +56,102 @@ def latents_path(path) -> Path:
     return path
 
 
+class _NpyAppender:
+    """An .npy file written in order a chunk of rows at a time: the header (with
+    the total row count) before the first chunk, each chunk straight after the
+    last, so nothing but the chunk is held in memory."""
+
+    def __init__(self, path: Path, rows: int):
+        self.file, self.rows, self.written = open(path, "wb"), rows, 0
+
+    def append(self, chunk: np.ndarray) -> None:
+        if self.written == 0:
+            header = {"descr": np.lib.format.dtype_to_descr(chunk.dtype), "fortran_order": False,
+                      "shape": (self.rows, *chunk.shape[1:])}
+            np.lib.format.write_array_header_1_0(self.file, header)
+        self.file.write(np.ascontiguousarray(chunk).tobytes())
+        self.written += len(chunk)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class LatentsWriter:
+    """Appends encodings to a latents file being written (see `latents_writer`).
+    `meta`, the provenance, is written when the file is finished, so it can
+    still be completed (e.g. with the time spent) while chunks are appended."""
+
+    def __init__(self, suffix: str, tmp: Path, rows: int, meta: dict | None, stack: contextlib.ExitStack):
+        self.suffix, self.tmp, self.rows, self.meta, self.stack = suffix, tmp, rows, dict(meta or {}), stack
+        self.written = 0
+        self.arrays: dict = {}  # name -> HDF5 dataset or _NpyAppender, made at the first chunk
+        if suffix in (".h5", ".hdf5"):
+            self.h5 = stack.enter_context(h5py.File(tmp, "w"))
+        elif suffix == ".npz":  # one .npy per array, zipped together at the end
+            self.parts = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=tmp.parent, prefix=".latents.")))
+
+    def _store(self, name: str, chunk: np.ndarray):
+        if self.suffix in (".h5", ".hdf5"):
+            return self.h5.create_dataset(name, shape=(self.rows, *chunk.shape[1:]), dtype=chunk.dtype)
+        store = _NpyAppender(self.tmp if self.suffix == ".npy" else self.parts / f"{name}.npy", self.rows)
+        self.stack.callback(store.close)
+        return store
+
+    def append(self, encoding: Encoding, extra: dict | None = None) -> None:
+        """Write the next `len(encoding)` samples; `extra` per-sample arrays (e.g.
+        `scale`, the normalisation) join .h5 and .npz, the same names each time."""
+        arrays = {name: getattr(encoding, name).detach().cpu().numpy() for name in _ARRAYS}
+        arrays = {"z": arrays["z"]} if self.suffix == ".npy" else {**arrays, **(extra or {})}
+        if self.arrays and set(arrays) != set(self.arrays):
+            raise ValueError(f"chunk arrays {sorted(arrays)} differ from the first chunk's {sorted(self.arrays)}")
+        if self.written + len(encoding) > self.rows:
+            raise ValueError(f"more than the {self.rows} samples announced")
+        for name, chunk in arrays.items():
+            if name not in self.arrays:
+                self.arrays[name] = self._store(name, chunk)
+            store = self.arrays[name]
+            if isinstance(store, _NpyAppender):
+                store.append(chunk)
+            else:
+                store[self.written : self.written + len(chunk)] = chunk
+        self.written += len(encoding)
+
+    def finish(self) -> None:
+        if self.written != self.rows:
+            raise ValueError(f"{self.written} samples written of the {self.rows} announced")
+        if self.suffix in (".h5", ".hdf5"):
+            self.h5.attrs["status_labels"] = json.dumps({int(s): s.label for s in Status})
+            self.h5.attrs["provenance"] = json.dumps(self.meta)
+            return
+        for store in self.arrays.values():
+            store.close()
+        if self.suffix == ".npz":  # what np.savez writes: stored (uncompressed) .npy members
+            with zipfile.ZipFile(self.tmp, "w", allowZip64=True) as archive:
+                for name in self.arrays:
+                    archive.write(self.parts / f"{name}.npy", f"{name}.npy")
+
+
+@contextlib.contextmanager
+def latents_writer(path, rows: int, meta: dict | None = None) -> Iterator[LatentsWriter]:
+    """Write a latents file of `rows` samples a chunk at a time: yields a
+    `LatentsWriter` to `append` encodings to, in order. They go to a temporary
+    file beside `path` that replaces it only when the block ends without error
+    with every sample written, so a failed or killed run leaves no partial
+    latents file under the real name."""
+    path = latents_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, contextlib.ExitStack() as stack:
+        writer = LatentsWriter(path.suffix.lower(), tmp, rows, meta, stack)
+        yield writer
+        writer.finish()
+
+
 def write_latents(path, encoding: Encoding, meta: dict | None = None, extra: dict | None = None) -> Path:
     """Write `encoding` to `.h5`/`.hdf5`, `.npz` or `.npy` (latents only).
     `extra` per-sample arrays (e.g. `scale`, the normalisation) join .h5 and .npz."""
-    path = latents_path(path)
-    suffix = path.suffix.lower()
-    arrays = {name: getattr(encoding, name).detach().cpu().numpy() for name in _ARRAYS}
-    arrays.update(extra or {})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        if suffix == ".npy":
-            np.save(tmp, arrays["z"])
-        elif suffix == ".npz":
-            np.savez(tmp, **arrays)
-        else:
-            with h5py.File(tmp, "w") as f:
-                for name, array in arrays.items():
-                    f.create_dataset(name, data=array)
-                f.attrs["status_labels"] = json.dumps({int(s): s.label for s in Status})
-                f.attrs["provenance"] = json.dumps(meta or {})
-    return path
+    with latents_writer(path, len(encoding), meta) as writer:
+        writer.append(encoding, extra)
+    return latents_path(path)
 
 
 def read_encoding(path) -> tuple[Encoding, dict]:

@@ -38,6 +38,8 @@ def normalise(x: np.ndarray, kind: str, weights: np.ndarray | None = None) -> tu
         return x, np.ones(n, dtype=x.dtype)
     w = np.ones(x.shape[1:], dtype=np.float64) if weights is None else np.asarray(weights, dtype=np.float64)
     flat = x.reshape(n, -1).astype(np.float64)
-    scale = flat @ w.ravel() / max(w.sum(), np.finfo(np.float64).tiny)
+    # a row-wise sum, not a matrix product: BLAS may round a row differently
+    # with other rows beside it, and chunked or batched reading must not change it
+    scale = (flat * w.ravel()).sum(axis=1) / max(w.sum(), np.finfo(np.float64).tiny)
     scale = np.where(scale > 0, scale, 1.0)
     return (x / scale.reshape(-1, *([1] * (x.ndim - 1)))).astype(x.dtype), scale.astype(x.dtype)

@@ -21,21 +21,19 @@ bit for bit. With fewer chunks than shards they agree up to rounding.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import re
-import time
 from pathlib import Path
 
 import numpy as np
 
-from .data import load_dataset
+from .data import open_samples
 from .distributed import launch_rank, split_bounds
-from .encode import Encoding, FlowEncoder
 from .errors import ConfigError, DataError
-from .latents import read_encoding, write_latents
+from .latents import latents_writer, read_encoding, read_scale
 from .persist import atomic_write_text, load_model
-from .workflows import _say, encode_samples, encode_settings, encoding_provenance, prepare_spectra
+from .workflows import (ModelInput, _say, chunk_rows, encode_settings, encoding_provenance, model_input,
+                        write_encoded)
 
 MANIFEST = "manifest.json"
 FORMAT = "gfe-shards"
@@ -102,10 +100,14 @@ def shard_bounds(n: int, count: int, index: int, chunk_size: int) -> tuple[int, 
     return first * chunk_size, min(last * chunk_size, n)
 
 
-def _samples_digest(x: np.ndarray) -> str:
-    """SHA-256 of the samples as gfe loaded them (covers built-in sets and HDF5 keys, not only files)."""
-    digest = hashlib.sha256(f"{x.dtype.str}{x.shape}".encode())
-    digest.update(np.ascontiguousarray(x).data)
+def _samples_digest(inputs: ModelInput, rows: int) -> str:
+    """SHA-256 of the samples as the model gets them (covers built-in sets and
+    HDF5 keys, not only files), read `rows` at a time."""
+    digest = None
+    for _, x, _ in inputs.chunks(rows):
+        if digest is None:
+            digest = hashlib.sha256(f"{x.dtype.str}{(len(inputs.samples), *x.shape[1:])}".encode())
+        digest.update(np.ascontiguousarray(x).data)
     return digest.hexdigest()
 
 
@@ -159,51 +161,54 @@ def encode_shards(model, data, outdir, *, shard: str | None = None, count: int |
     """Encode this process's shards of `data` into `outdir`, skipping finished ones.
 
     Returns one record per assigned shard: index, sample range, whether it was
-    encoded or skipped, and the seconds spent encoding.
+    encoded or skipped, and the seconds spent encoding. The samples are read a
+    chunk at a time (`write_encoded`), once for their digest and once to encode
+    each shard, so memory does not grow with the data.
     """
     indices, count = assigned_shards(shard, count)
     loaded = load_model(model)
-    x, mask, scale = prepare_spectra(loaded, load_dataset(data, key))
-    if count > len(x):
-        raise ConfigError(f"cannot split {len(x)} samples into {count} shards; use at most {len(x)}")
     settings = encode_settings(loaded, options)
-    manifest = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "model": str(model), "input": str(data),
-        "model_weights_sha256": loaded.config["weights_sha256"], "samples_sha256": _samples_digest(x),
-        "samples": len(x), "shards": count, "encode_settings": json.loads(json.dumps(settings)),
-    }
-    outdir = Path(outdir)
-    _claim_folder(outdir, manifest)
-    records = []
-    origin = encoding_provenance(loaded, settings, data)
-    chunk_size = settings.get("chunk_size", inspect.signature(FlowEncoder).parameters["chunk_size"].default)
-    for index in indices:
-        start, stop = shard_bounds(len(x), count, index, chunk_size)
-        path = shard_path(outdir, index, count)
-        record = {"index": index, "start": start, "stop": stop, "path": str(path)}
-        if path.exists():
-            encoding, meta = read_encoding(path)
-            _check_shard(path, meta, manifest, index, len(encoding))
-            records.append({**record, "done": "skipped", "seconds": meta["shard"]["seconds"]})
-            _say(quiet, f"shard {index}/{count} (samples {start}..{stop - 1}) is already done; skipped")
-            continue
-        began = time.perf_counter()
-        encoding = encode_samples(loaded, x[start:stop], options, progress=not quiet, weights=mask)
-        seconds = time.perf_counter() - began
-        meta = {**origin, "shard": {**manifest, "index": index, "start": start, "stop": stop, "seconds": seconds}}
-        write_latents(path, encoding, meta, extra=None if scale is None else {"scale": scale[start:stop]})
-        records.append({**record, "done": "encoded", "seconds": seconds})
-        summary = encoding.summary()
-        _say(quiet, f"shard {index}/{count} (samples {start}..{stop - 1}) encoded in {seconds:.1f} s: mean loss "
-                    f"{summary['mean_loss']:.5g}, {summary['mean_steps']:.1f} steps per sample; written to {path}")
-    return records
+    with open_samples(data, key) as samples:
+        inputs = model_input(loaded, samples, options)
+        if count > len(samples):
+            raise ConfigError(f"cannot split {len(samples)} samples into {count} shards; use at most {len(samples)}")
+        chunk_size = chunk_rows(settings)
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "model": str(model), "input": str(data),
+            "model_weights_sha256": loaded.config["weights_sha256"],
+            "samples_sha256": _samples_digest(inputs, chunk_size), "samples": len(samples), "shards": count,
+            "encode_settings": json.loads(json.dumps(settings)),
+        }
+        outdir = Path(outdir)
+        _claim_folder(outdir, manifest)
+        origin = encoding_provenance(loaded, settings, data)
+        return [_encode_shard(outdir, index, manifest, loaded, inputs, options, origin, quiet) for index in indices]
 
 
-def merge_shards(outdir, output, *, quiet: bool = False) -> Encoding:
-    """Join the shards in `outdir` in input order into one latents file `output`.
+def _encode_shard(outdir: Path, index: int, manifest: dict, loaded, inputs: ModelInput, options, origin: dict,
+                  quiet: bool) -> dict:
+    """Encode shard `index` unless its file is already there; its record for `encode_shards`."""
+    count = manifest["shards"]
+    start, stop = shard_bounds(manifest["samples"], count, index, chunk_rows(manifest["encode_settings"]))
+    path = shard_path(outdir, index, count)
+    record = {"index": index, "start": start, "stop": stop, "path": str(path)}
+    if path.exists():
+        encoding, meta = read_encoding(path)
+        _check_shard(path, meta, manifest, index, len(encoding))
+        _say(quiet, f"shard {index}/{count} (samples {start}..{stop - 1}) is already done; skipped")
+        return {**record, "done": "skipped", "seconds": meta.get("encode_seconds")}
+    meta = {**origin, "shard": {**manifest, "index": index, "start": start, "stop": stop}}
+    summary = write_encoded(path, loaded, inputs, options, meta, start=start, stop=stop, progress=not quiet)
+    _say(quiet, f"shard {index}/{count} (samples {start}..{stop - 1}) encoded in {summary['seconds']:.1f} s: mean "
+                f"loss {summary['mean_loss']:.5g}, {summary['mean_steps']:.1f} steps per sample; written to {path}")
+    return {**record, "done": "encoded", "seconds": summary["seconds"]}
 
-    Refuses, before writing anything, when a shard is missing or belongs to
-    another job.
+
+def merge_shards(outdir, output, *, quiet: bool = False) -> None:
+    """Join the shards in `outdir` in input order into one latents file `output`,
+    with the per-sample normalisation (`scale`) where the shards have one.
+
+    Refuses, writing nothing, when a shard is missing or belongs to another job.
     """
     outdir = Path(outdir)
     manifest = _read_manifest(outdir) if outdir.is_dir() else None
@@ -216,20 +221,23 @@ def merge_shards(outdir, output, *, quiet: bool = False) -> Encoding:
         raise DataError(f"{outdir} lacks shard(s) {names}; nothing was written. Encode them with 'gfe encode "
                         f"{manifest['model']} {manifest['input']} -o {outdir} --shards {count}' (finished "
                         "shards are skipped), then merge again")
-    parts, metas = [], []
-    for index in range(count):
-        path = shard_path(outdir, index, count)
-        encoding, meta = read_encoding(path)
-        _check_shard(path, meta, manifest, index, len(encoding))
-        start = metas[-1]["shard"]["stop"] if metas else 0
-        if meta["shard"]["start"] != start:
-            raise DataError(f"{path} starts at sample {meta['shard']['start']}, but the shards before it "
-                            f"end at {start}")
-        parts.append(encoding)
-        metas.append(meta)
-    merged = Encoding.concat(parts)
-    meta = {key: value for key, value in metas[0].items() if key != "shard"}
-    meta["merged_from"] = {"folder": str(outdir), "shards": count, "seconds": [m["shard"]["seconds"] for m in metas]}
-    write_latents(output, merged, meta)
-    _say(quiet, f"merged {count} shards ({len(merged)} samples) into {output}")
-    return merged
+    metas = []
+    with latents_writer(output, manifest["samples"]) as writer:  # one shard in memory at a time
+        for index in range(count):
+            path = shard_path(outdir, index, count)
+            encoding, meta = read_encoding(path)
+            _check_shard(path, meta, manifest, index, len(encoding))
+            start = metas[-1]["shard"]["stop"] if metas else 0
+            if meta["shard"]["start"] != start:
+                raise DataError(f"{path} starts at sample {meta['shard']['start']}, but the shards before it "
+                                f"end at {start}")
+            scale = read_scale(path, len(encoding))
+            writer.append(encoding, None if scale is None else {"scale": scale})
+            metas.append(meta)
+        if metas[-1]["shard"]["stop"] != manifest["samples"]:
+            raise DataError(f"the shards in {outdir} end at sample {metas[-1]['shard']['stop']}, but "
+                            f"{MANIFEST} counts {manifest['samples']}")
+        writer.meta = {key: value for key, value in metas[0].items() if key not in ("shard", "encode_seconds")}
+        writer.meta["merged_from"] = {"folder": str(outdir), "shards": count,
+                                      "seconds": [m.get("encode_seconds") for m in metas]}
+    _say(quiet, f"merged {count} shards ({manifest['samples']} samples) into {output}")

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .data import SampleRows, validate_data
 from .distributed import Replicas
 from .encode import FlowEncoder, as_weights, threads_for_rows
 from .errors import ConfigError, GFEError, ModelFileError, TrainingError
@@ -161,6 +162,8 @@ class Trainer:
     the processes of a `torchrun` launch; the result matches one process.
     `weights` (the feature shape; zeros mask features out, e.g. detector gaps)
     weigh the loss in the flow, in the decoder's updates and in `evaluate`.
+    `fit` and `evaluate` take arrays, or `gfe.data.SampleRows` for samples read
+    from disk a batch at a time.
     """
 
     def __init__(
@@ -242,10 +245,10 @@ class Trainer:
         """Mean per-sample loss of `x` reconstructed from its latents (encoder or
         flow from z0 = 0, with `eval_options`); each replica encodes its share."""
         x = self._tensor(x)
-        mine = x[self.replicas.rows(len(x))]
+        mine = self.replicas.rows(len(x))
         total = 0.0
-        for lo in range(0, len(mine), batch_size):
-            xb = mine[lo : lo + batch_size]
+        for lo in range(mine.start, mine.stop, batch_size):
+            xb = self._batch(x, slice(lo, min(lo + batch_size, mine.stop)))
             with torch.no_grad() if self.encoder is not None else torch.enable_grad():
                 z, _, _ = self.latents(xb, training=False)
             with torch.no_grad():
@@ -281,7 +284,7 @@ class Trainer:
         bar = tqdm(range(0, len(x), bs), desc=f"epoch {epoch + 1}/{self.config.epochs} {self.config.method}",
                    disable=not self.progress, leave=False, unit="batch")
         for batch, lo in enumerate(bar, start=1):
-            xb = x[order[lo : lo + bs]]
+            xb = self._batch(x, order[lo : lo + bs])
             mine = xb[self.replicas.rows(len(xb))]
             self.optimizer.zero_grad(set_to_none=True)
             if self.config.gradient == "approx":
@@ -321,11 +324,18 @@ class Trainer:
             param.grad = grad / len(x)
         return enc.loss.sum(), enc.z, int(enc.steps.sum()), int(enc.nfe.sum())
 
-    def _tensor(self, x) -> torch.Tensor:
-        from .data import validate_data
-
+    def _tensor(self, x) -> torch.Tensor | SampleRows:
+        """Samples checked and as a tensor; `SampleRows` stay on disk, and each
+        batch is checked as it is read (`_batch`)."""
+        if isinstance(x, SampleRows):
+            return x
         array = validate_data(x, feature_shape=tuple(self.decoder.out_shape), loss=self.config.loss)
         return torch.from_numpy(array)
+
+    def _batch(self, x: torch.Tensor | SampleRows, index) -> torch.Tensor:
+        """Rows `index` of samples from `_tensor`."""
+        rows = x[index]
+        return rows if isinstance(rows, torch.Tensor) else self._tensor(rows.read())
 
     # ------------------------------------------------------------- persistence
     def settings(self) -> dict:

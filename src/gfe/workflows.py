@@ -10,17 +10,23 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import inspect
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from .data import load_dataset, split, validate_data
+from .data import SampleRows, Samples, load_dataset, open_samples, rows_named, split, validate_data
 from .distributed import Replicas
-from .encode import Encoding, as_weights, encode
+from .encode import Encoding, FlowEncoder, as_weights, encode
 from .errors import ConfigError, DataError
 from .ins.io import Grid, SpectraDataset, check_same_grid, grid_of
-from .latents import latents_path, provenance, read_latents, read_scale, write_latents
+from .latents import latents_path, latents_writer, provenance, read_latents, read_scale
 from .losses import link
 from .models import Conv1dDecoder, Conv2dDecoder, MLPDecoder
 from .normalise import check_normalisation
@@ -43,8 +49,7 @@ def _say(quiet: bool, text: str) -> None:
 def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_dim=20, epochs=1, batch_size=5,
                 optimizer="rmsprop", lr=5e-4, loss="bce", val_fraction=0.1, seed=0, encode_options=None,
                 normalise="none", resume=False, quiet=False, tensorboard=None, gradient="approx", on_nonfinite="stop",
-                start="learned",
-                replicas: Replicas = Replicas()) -> Trainer:
+                start="learned", lazy=False, replicas: Replicas = Replicas()) -> Trainer:
     """Train on the samples in `data` and write the model directory `out`.
 
     Checkpoints go to `out/checkpoints`; with `resume`, the run there continues
@@ -56,47 +61,59 @@ def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_
     only rank 0 writes files and reports. An INS spectra file's mask weighs
     the loss, and its grid is recorded so that encoding data on another grid is
     refused; `normalise` ("none" or "mean", per sample) is recorded too and
-    applied again when encoding.
+    applied again when encoding. With `lazy`, .npy and HDF5 samples stay on disk
+    and each batch is read as it is needed (after one pass that checks them all),
+    for data larger than memory; the run is the same, bit for bit.
     """
     if decoder not in DECODER_KINDS:
         raise ConfigError(f"unknown decoder {decoder!r}; expected one of {', '.join(DECODER_KINDS)}")
     if not 0 <= val_fraction < 1:
         raise ConfigError(f"val_fraction must be in [0, 1); got {val_fraction}")
     check_normalisation(normalise, loss)
-    dataset = load_dataset(data, key)
-    mask = getattr(dataset, "mask", None)
-    x, _ = normalise_samples(validate_data(dataset.x, loss=loss), normalise, mask)
-    n_val = int(round(val_fraction * len(x)))
-    x_train, x_val = split(x, len(x) - n_val, n_val, seed=seed)
     out = Path(out)
     checkpoints = out / CHECKPOINTS
     quiet = quiet or not replicas.is_writer
     progress = not quiet
-    if resume:
-        replicas.barrier()  # every replica resumes from the same checkpoint
-        trainer = Trainer.resume(checkpoints, progress=progress, replicas=replicas, weights=mask)
-        trainer.config = dataclasses.replace(trainer.config, epochs=epochs)
-        _say(quiet, f"resuming {checkpoints} after epoch {len(trainer.history)} of {epochs}")
-    else:
-        if (checkpoints / "latest.json").exists():
-            raise ConfigError(f"{out} already holds a training run; pass --resume to continue it, "
-                              "or choose another --out")
-        config = TrainConfig(method=method, latent_dim=latent_dim, epochs=epochs, batch_size=batch_size,
-                             optimizer=optimizer, lr=lr, loss=loss, seed=seed,
-                             encode_options=dict(encode_options or {}), gradient=gradient, on_nonfinite=on_nonfinite,
-                             start=start)
-        torch.manual_seed(seed)
-        model = DECODER_KINDS[decoder](latent_dim, dataset.x.shape[1:])
-        trainer = Trainer(config, dataset.x.shape[1:], decoder=model, checkpoint_dir=checkpoints,
-                          progress=progress, replicas=replicas, weights=mask)
+    with contextlib.ExitStack() as stack:  # holds the data file open while training reads it
+        samples = stack.enter_context(open_samples(data, key))
+        dataset, feature_shape = samples.on_disk, tuple(samples.on_disk.x.shape[1:])
+        inputs = ModelInput(samples, normalise, getattr(dataset, "mask", None), loss)
 
-    def report(_, record):
-        _say(quiet, f"epoch {record.epoch}: train loss {record.train_loss:.4f}, validation loss "
-                    f"{record.val_loss:.4f}, {record.seconds:.1f} s, {record.mean_steps:.1f} flow steps/sample"
-                    + (f", {record.skipped_batches} batches skipped (non-finite loss)" if record.skipped_batches else ""))
+        def prepare(raw: np.ndarray) -> np.ndarray:
+            return validate_data(inputs.prepare(raw)[0], loss=loss)
 
-    trainer.callbacks = (*trainer.callbacks, report)
-    with contextlib.ExitStack() as stack:
+        if lazy:
+            x = SampleRows(samples, prepare)
+            x.check()
+        else:
+            x = prepare(samples.read())
+        n_val = int(round(val_fraction * len(x)))
+        x_train, x_val = split(x, len(x) - n_val, n_val, seed=seed)
+        if resume:
+            replicas.barrier()  # every replica resumes from the same checkpoint
+            trainer = Trainer.resume(checkpoints, progress=progress, replicas=replicas, weights=inputs.mask)
+            trainer.config = dataclasses.replace(trainer.config, epochs=epochs)
+            _say(quiet, f"resuming {checkpoints} after epoch {len(trainer.history)} of {epochs}")
+        else:
+            if (checkpoints / "latest.json").exists():
+                raise ConfigError(f"{out} already holds a training run; pass --resume to continue it, "
+                                  "or choose another --out")
+            config = TrainConfig(method=method, latent_dim=latent_dim, epochs=epochs, batch_size=batch_size,
+                                 optimizer=optimizer, lr=lr, loss=loss, seed=seed,
+                                 encode_options=dict(encode_options or {}), gradient=gradient,
+                                 on_nonfinite=on_nonfinite, start=start)
+            torch.manual_seed(seed)
+            model = DECODER_KINDS[decoder](latent_dim, feature_shape)
+            trainer = Trainer(config, feature_shape, decoder=model, checkpoint_dir=checkpoints,
+                              progress=progress, replicas=replicas, weights=inputs.mask)
+
+        def report(_, record):
+            _say(quiet, f"epoch {record.epoch}: train loss {record.train_loss:.4f}, validation loss "
+                        f"{record.val_loss:.4f}, {record.seconds:.1f} s, {record.mean_steps:.1f} flow steps/sample"
+                        + (f", {record.skipped_batches} batches skipped (non-finite loss)"
+                           if record.skipped_batches else ""))
+
+        trainer.callbacks = (*trainer.callbacks, report)
         if tensorboard is not None and replicas.is_writer:
             trainer.callbacks = (*trainer.callbacks, stack.enter_context(TensorBoardLog(tensorboard)))
         trainer.fit(x_train, x_val if n_val else None)
@@ -104,7 +121,7 @@ def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_
         return trainer
     grid = grid_of(dataset).to_record() if isinstance(dataset, SpectraDataset) else None
     trainer.save_model(out, extra_settings={"data": str(data), "scaling": dataset.scaling,
-                                            "feature_shape": list(dataset.x.shape[1:]), "normalise": normalise,
+                                            "feature_shape": list(feature_shape), "normalise": normalise,
                                             "grid": grid})
     trainer.write_history_csv(out / "history.csv")
     _say(quiet, f"model written to {out}")
@@ -114,15 +131,26 @@ def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_
 def encode_settings(loaded, options: dict | None) -> dict:
     """The model's stored encode settings with the user's `options` on top,
     including where flows start: "learned" (the model's start map, if it has
-    one, the default) or "zero"."""
+    one, the default) or "zero". Both read each sample alone, so a latent does
+    not depend on the chunk or shard it is encoded in; a random start would, and
+    is refused."""
     settings = {"start": "learned" if loaded.start is not None else "zero",
                 **loaded.settings.get("encode", {}), **(options or {})}
+    if settings.get("seed") is not None or settings.get("z0") is not None:
+        raise ConfigError("gfe encodes data files from the model's start (a random start would depend on how the "
+                          "samples are chunked or sharded); 'seed' and 'z0' are options of gfe.encode on arrays")
     if settings["start"] not in ("learned", "zero"):
         raise ConfigError(f"start must be 'learned' or 'zero'; got {settings['start']!r}")
     if settings["start"] == "learned" and loaded.start is None:
         raise ConfigError("this model has no learned start map (trained with start='zero', on more than "
                           f"{MAX_FEATURES} features, or by an older gfe); encode with start='zero'")
     return settings
+
+
+def chunk_rows(settings: dict) -> int:
+    """Samples per solver call (`chunk_size`): files are read and encoded in
+    chunks of this size, the chunks an in-memory encoding would make."""
+    return settings.get("chunk_size", inspect.signature(FlowEncoder).parameters["chunk_size"].default)
 
 
 def encode_samples(loaded, x: np.ndarray, options: dict | None, *, progress: bool = False,
@@ -136,16 +164,38 @@ def encode_samples(loaded, x: np.ndarray, options: dict | None, *, progress: boo
     return encode(loaded.decoder, x, progress=progress, weights=weights, z0=z0, **settings)
 
 
-def prepare_spectra(loaded, dataset) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """`(x, mask, scale)` of `dataset` as the model was trained: the same grid
-    (else a `DataError`), its per-sample normalisation (`scale` None if none)."""
+@dataclass(frozen=True)
+class ModelInput:
+    """Samples on their way into a model, prepared as it was trained on them:
+    checked for `loss`, normalised per sample (`normalise`, over the `mask`'s
+    pixels), a chunk at a time."""
+
+    samples: Samples
+    normalise: str
+    mask: np.ndarray | None
+    loss: str | None
+
+    def prepare(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """`(x, scale)` of raw samples; `scale` is None without normalisation."""
+        x, scale = normalise_samples(validate_data(raw, loss=self.loss), self.normalise, self.mask)
+        return x, None if self.normalise == "none" else scale
+
+    def chunks(self, rows: int, start: int = 0, stop: int | None = None) -> Iterator[tuple]:
+        """`(first row, x, scale)` of consecutive chunks of up to `rows` samples."""
+        for lo, raw in self.samples.chunks(rows, start, stop):
+            with rows_named(self.samples.on_disk.name, lo, lo + len(raw), len(self.samples)):
+                yield lo, *self.prepare(raw)
+
+
+def model_input(loaded, samples: Samples, options: dict | None = None) -> ModelInput:
+    """`samples` as `loaded` was trained on them: the same grid (else a
+    `DataError`), its normalisation and the spectra's mask."""
+    dataset = samples.on_disk
     grid = loaded.settings.get("grid")
     if grid is not None and isinstance(dataset, SpectraDataset):
         check_same_grid(Grid.from_record(grid), dataset, names=("the model's training spectra", dataset.name))
-    kind = loaded.settings.get("normalise", "none")
-    mask = getattr(dataset, "mask", None)
-    x, scale = normalise_samples(dataset.x, kind, mask)
-    return x, mask, None if kind == "none" else scale
+    return ModelInput(samples, loaded.settings.get("normalise", "none"), getattr(dataset, "mask", None),
+                      encode_settings(loaded, options).get("loss"))
 
 
 def encoding_provenance(loaded, settings: dict, data) -> dict:
@@ -154,20 +204,69 @@ def encoding_provenance(loaded, settings: dict, data) -> dict:
     return provenance(model_config=loaded.config, settings=settings, input_path=data, input_sha256=digest)
 
 
-def encode_file(model, data, output, *, key=None, options=None, quiet=False) -> Encoding:
-    """Encode the samples of `data` with the model in `model` and write `output`."""
+def write_encoded(path, loaded, inputs: ModelInput, options: dict | None, meta: dict, *, start: int = 0,
+                  stop: int | None = None, progress: bool = False) -> dict:
+    """Encode samples `start:stop` of `inputs` into the latents file `path`.
+
+    Samples are read, encoded and appended a chunk (the encoder's `chunk_size`)
+    at a time, so memory does not grow with the data; those are the solver calls
+    an encoding of all the samples in memory makes, so the latents are the same
+    bit for bit. The file appears only once complete (`latents_writer`). Returns
+    `Encoding.summary()`'s keys for all the samples, and the seconds spent.
+    """
+    settings = encode_settings(loaded, options)
+    stop = len(inputs.samples) if stop is None else stop
+    totals = _Totals()
+    began = time.perf_counter()
+    with latents_writer(path, stop - start, meta) as writer, contextlib.ExitStack() as stack:
+        bar = None  # shown from the first encoded chunk on, so that bad input gets a clean error line
+        for lo, x, scale in inputs.chunks(chunk_rows(settings), start, stop):
+            with rows_named(inputs.samples.on_disk.name, lo, lo + len(x), len(inputs.samples)):
+                encoding = encode_samples(loaded, x, options, weights=inputs.mask)
+            writer.append(encoding, None if scale is None else {"scale": scale})
+            totals.add(encoding)
+            if bar is None:
+                bar = stack.enter_context(tqdm(total=stop - start, desc="encoding", unit="sample",
+                                               disable=not progress, leave=False))
+            bar.update(len(encoding))
+        writer.meta["encode_seconds"] = seconds = time.perf_counter() - began
+    return {**totals.summary(), "seconds": seconds}
+
+
+class _Totals:
+    """`Encoding.summary()` accumulated over chunks."""
+
+    def __init__(self):
+        self.samples, self.loss, self.steps, self.nfe = 0, 0.0, 0.0, 0.0
+        self.status: Counter = Counter()
+
+    def add(self, encoding: Encoding) -> None:
+        self.samples += len(encoding)
+        self.loss += float(encoding.loss.double().sum())
+        self.steps += float(encoding.steps.double().sum())
+        self.nfe += float(encoding.nfe.double().sum())
+        self.status.update(encoding.status_counts())
+
+    def summary(self) -> dict:
+        n = max(self.samples, 1)
+        return {"samples": self.samples, "mean_loss": self.loss / n, "mean_steps": self.steps / n,
+                "mean_nfe": self.nfe / n, "status": dict(self.status)}
+
+
+def encode_file(model, data, output, *, key=None, options=None, quiet=False) -> dict:
+    """Encode the samples of `data` with the model in `model` and write `output`
+    a chunk at a time (`write_encoded`): .npy files and HDF5 datasets are read
+    as needed, so data larger than memory can be encoded. Returns the summary."""
     output = latents_path(output)
     loaded = load_model(model)
-    x, mask, scale = prepare_spectra(loaded, load_dataset(data, key))
-    settings = encode_settings(loaded, options)
-    encoding = encode_samples(loaded, x, options, progress=not quiet, weights=mask)
-    write_latents(output, encoding, encoding_provenance(loaded, settings, data),
-                  extra=None if scale is None else {"scale": scale})
-    summary = encoding.summary()
+    with open_samples(data, key) as samples:
+        inputs = model_input(loaded, samples, options)
+        meta = encoding_provenance(loaded, encode_settings(loaded, options), data)
+        summary = write_encoded(output, loaded, inputs, options, meta, progress=not quiet)
     _say(quiet, f"encoded {summary['samples']} samples: mean loss {summary['mean_loss']:.5g}, "
                 f"{summary['mean_steps']:.1f} steps and {summary['mean_nfe']:.1f} decoder evaluations per "
                 f"sample, status {summary['status']}; written to {output}")
-    return encoding
+    return summary
 
 
 def _encode_with_encoder(loaded, x: np.ndarray, loss_name: str, weights=None) -> Encoding:

@@ -64,8 +64,9 @@ def _gfe_command(launcher: list[str], args: list[str], threads: int) -> float:
 def _variant(name, launcher, processes, threads, model, data, out, options) -> dict:
     wall = _gfe_command(launcher, ["encode", str(model), str(data), "-o", str(out), "--options", json.dumps(options),
                                    *(["--shards", "1"] if processes == 1 else [])], threads)
-    shard_seconds = [read_encoding(shard_path(out, i, processes))[1]["shard"]["seconds"] for i in range(processes)]
-    merged = merge_shards(out, out / "merged.h5", quiet=True)
+    shard_seconds = [read_encoding(shard_path(out, i, processes))[1]["encode_seconds"] for i in range(processes)]
+    merge_shards(out, out / "merged.h5", quiet=True)
+    merged, _ = read_encoding(out / "merged.h5")
     return {"name": name, "processes": processes, "threads_per_process": threads, "wall_s": wall,
             "encode_s": max(shard_seconds), "shard_encode_s": shard_seconds,
             "mean_steps": float(merged.steps.float().mean()), "merged": merged}

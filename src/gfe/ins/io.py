@@ -15,14 +15,16 @@ An HDF5 file holds:
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from ..data import Dataset
+from ..data import Dataset, Samples
 from ..errors import DataError
 
 FORMAT = "gfe-ins"
@@ -107,11 +109,12 @@ def _attrs(f: h5py.File) -> dict:
 
 
 def _read(f: h5py.File, path: Path) -> SpectraDataset:
-    missing = [name for name in ("spectra", "e_grid") if name not in f]
+    """Everything but the spectra, which stay in the file (`x` is the HDF5 dataset)."""
+    missing = [name for name in ("spectra", "e_grid") if not isinstance(f.get(name), h5py.Dataset)]
     if missing:
         raise DataError(f"{path} is not an INS spectra file: it lacks the dataset(s) {missing} "
                         f"(has: {sorted(f) or 'nothing'})")
-    x = np.asarray(f["spectra"][()], dtype=np.float32)
+    x = f["spectra"]
     e_grid = np.asarray(f["e_grid"][()], dtype=float)
     if x.ndim not in (2, 3) or x.shape[0] == 0:
         raise DataError(f"{path}: spectra must have shape (n, E) or (n, Q, E) with n >= 1; got {x.shape}")
@@ -155,13 +158,22 @@ def is_spectra_file(path) -> bool:
         return False  # the ordinary reader reports what is wrong with the file
 
 
-def load_spectra(path) -> SpectraDataset:
-    """Read an INS spectra file (see the module docstring for the layout)."""
+@contextlib.contextmanager
+def open_spectra(path) -> Iterator[Samples]:
+    """An INS spectra file as `gfe.data.Samples`: grids, labels and mask read,
+    the spectra read as they are indexed while the block runs."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"no such file: {path}")
-    try:
-        with h5py.File(path, "r") as f:
-            return _read(f, path)
-    except OSError as err:
-        raise DataError(f"cannot read {path} as HDF5: {err}") from err
+    with contextlib.ExitStack() as stack:
+        try:
+            samples = Samples(_read(stack.enter_context(h5py.File(path, "r")), path))
+        except OSError as err:
+            raise DataError(f"cannot read {path} as HDF5: {err}") from err
+        yield samples
+
+
+def load_spectra(path) -> SpectraDataset:
+    """Read an INS spectra file (see the module docstring for the layout)."""
+    with open_spectra(path) as samples:
+        return samples.load()
