@@ -315,6 +315,10 @@ def _add_bench(sub) -> None:
     q.add_argument("--methods", default="gfe-amd,ae", help="comma-separated training methods")
     q.add_argument("--samples", type=_int_list, default=[100, 1000], help="training-set sizes")
     q.add_argument("--n-test", type=int, default=1000, help="held-out samples")
+    q.add_argument("--train-encode", type=_json_dict, default=None,
+                   help="JSON options for the GFE methods' flows during training, e.g. '{\"max_steps\": 30}'")
+    q.add_argument("--start", default="learned", choices=["learned", "zero"],
+                   help="where the GFE methods' training flows begin (the test encoding starts at 0 either way)")
     _add_result_options(q)
     q.set_defaults(run=_bench_data_efficiency)
     _add_bench_encode(bench)
@@ -456,6 +460,7 @@ def _bench_data_efficiency(args) -> None:
     from .bench import data_efficiency
 
     result = data_efficiency.run(args.dataset, args.methods.split(","), args.samples, n_test=args.n_test,
+                                 train_encode=args.train_encode, train_start=args.start,
                                  progress=not args.quiet)
     _emit(result, args.json, args.quiet)
 

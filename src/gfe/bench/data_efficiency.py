@@ -54,6 +54,7 @@ def run(
     lr: float = 5e-4,
     seed: int = 0,
     train_encode: dict | None = None,
+    train_start: str = "learned",
     progress: bool = True,
 ) -> dict:
     for method in methods:
@@ -66,7 +67,7 @@ def run(
         for method in methods:
             config = TrainConfig(method=method, latent_dim=latent_dim, batch_size=batch_size,
                                  optimizer="rmsprop", lr=lr, seed=seed,
-                                 encode_options=(train_encode or {}) if method != "ae" else {})
+                                 encode_options=(train_encode or {}) if method != "ae" else {}, start=train_start)
             decoder = _decoder(tuple(data.x.shape[1:]), latent_dim, seed)
             trainer = Trainer(config, data.x.shape[1:], decoder=decoder, progress=progress)
             start = time.perf_counter()
@@ -93,7 +94,7 @@ def run(
     return {
         "benchmark": "data-efficiency",
         "dataset": data.name, "n_test": n_test, "latent_dim": latent_dim, "batch_size": batch_size,
-        "optimizer": "rmsprop", "lr": lr, "seed": seed,
+        "optimizer": "rmsprop", "lr": lr, "seed": seed, "train_start": train_start,
         "machine": machine(),
         "results": results,
     }

@@ -4,7 +4,9 @@ encoding loop runs to the decoder's own forward-plus-VJP rate and to the
 machine's matrix-multiply bound, all measured in the same run.
 
 The loss every setting is judged by is the mean per-sample loss relative to the
-best one reachable (a long BFGS-metric run to a tiny gradient norm).
+best one reachable (a long BFGS-metric run to a tiny gradient norm, from either
+start). Settings marked "learned start" begin at the model's start map
+(`gfe.start`), the others at z0 = 0.
 """
 
 from __future__ import annotations
@@ -31,23 +33,27 @@ SETTINGS = {
     "AMD, BFGS metric (model default)": {"step": "bfgs"},
     "AMD, BFGS metric, gtol 3e-4": {"step": "bfgs", "gtol": 3e-4},
     "Nesterov + AMD": {"flow": "nesterov", "tau": math.inf, "gtol": 1e-4},
+    "AMD, BFGS metric, learned start": {"step": "bfgs", "start": "learned"},
+    "AMD, BFGS metric, learned start, gtol 3e-4": {"step": "bfgs", "gtol": 3e-4, "start": "learned"},
+    "AMD, BFGS metric, learned start, 30 steps": {"step": "bfgs", "max_steps": 30, "start": "learned"},
 }
 BEST = {"step": "bfgs", "gtol": 1e-7, "max_steps": 3000}
 
 
 def _decoder(model, dataset: str, seed: int, progress: bool):
-    """A trained decoder: the model directory given, or the data-efficiency
-    protocol's GFE-AMD decoder (1,000 samples, one pass) trained here."""
+    """A trained decoder, its loss and start map: the model directory given, or
+    the data-efficiency protocol's GFE-AMD decoder (1,000 samples, one pass)
+    trained here."""
     if model is not None:
         loaded = load_model(model)
-        return loaded.decoder, loaded.settings.get("encode", {}).get("loss", "bce")
+        return loaded.decoder, loaded.settings.get("encode", {}).get("loss", "bce"), loaded.start
     data = load_dataset(dataset)
     x_train, _ = split(data.x, 1000, 0, seed=seed)
     torch.manual_seed(seed)
     trainer = Trainer(TrainConfig(latent_dim=20, batch_size=5, seed=seed), data.x.shape[1:],
                       decoder=MLPDecoder(20, data.x.shape[1:]), progress=progress)
     trainer.fit(x_train)
-    return trainer.decoder, "bce"
+    return trainer.decoder, "bce", trainer.start_fit.fitted()
 
 
 def _rate(fn, repeats: int) -> float:
@@ -67,10 +73,18 @@ def _matmul_gflops(size: int = 1024) -> float:
 def run(dataset: str, *, model=None, n: int = 10_000, batch: int = 4096, settings: dict | None = None,
         seed: int = 0, progress: bool = True) -> dict:
     data = load_dataset(dataset)
-    decoder, loss_name = _decoder(model, dataset, seed, progress)
+    decoder, loss_name, start_map = _decoder(model, dataset, seed, progress)
     decoder.eval()
     x = data.x[:n]
     settings = SETTINGS if settings is None else settings
+    if start_map is None:  # a model without a start map: only the settings from z0 = 0
+        settings = {name: options for name, options in settings.items() if options.get("start") != "learned"}
+
+    def run_encode(options: dict, **extra):
+        options = dict(options)
+        z0 = start_map if options.pop("start", "zero") == "learned" else None
+        return encode(decoder, x, loss=loss_name, chunk_size=batch, z0=z0, **options, **extra)
+
     params = sum(p.numel() for p in decoder.parameters())
     flops_per_eval = 4 * params  # forward and input-VJP: one multiply-add per weight each
 
@@ -80,12 +94,12 @@ def run(dataset: str, *, model=None, n: int = 10_000, batch: int = 4096, setting
     decoder_rate = len(xt) * _rate(lambda: objective.value_and_grad(zeros, xt), 5)
     matmul = _matmul_gflops()
 
-    best = encode(decoder, x, loss=loss_name, chunk_size=batch, **BEST)
-    best_loss = float(best.loss.mean())
+    starts = ("zero", "learned") if start_map is not None else ("zero",)
+    best_loss = min(float(run_encode({**BEST, "start": start}).loss.mean()) for start in starts)
     rows = []
     for name, options in settings.items():
         start = time.perf_counter()
-        enc = encode(decoder, x, loss=loss_name, chunk_size=batch, progress=progress, **options)
+        enc = run_encode(options, progress=progress)
         seconds = time.perf_counter() - start
         evals = float(enc.nfe.sum())
         rows.append({
@@ -100,7 +114,7 @@ def run(dataset: str, *, model=None, n: int = 10_000, batch: int = 4096, setting
         })
         if progress:
             r = rows[-1]
-            print(f"{name:>36}: loss {r['mean_loss']:.5f} ({100 * r['loss_over_best']:+.2f}% of best), "
+            print(f"{name:>44}: loss {r['mean_loss']:.5f} ({100 * r['loss_over_best']:+.2f}% of best), "
                   f"{r['mean_nfe']:7.1f} evals/sample (p95 {r['p95_nfe']:.0f}), {r['ms_per_sample']:.2f} ms/sample, "
                   f"{100 * r['of_decoder_rate']:.0f}% of the decoder's rate", flush=True)
     return {
