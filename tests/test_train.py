@@ -196,3 +196,14 @@ def test_training_data_are_validated(images):
     trainer = make_trainer(make_config(epochs=1))
     with pytest.raises(gfe.DataError, match="bce loss needs data in"):
         trainer.fit(images * 2)
+
+
+def test_building_a_trainer_leaves_the_callers_random_state_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    a = Trainer(make_config("ae"), SHAPE, progress=False)  # seeds its own initial weights
+    assert torch.equal(torch.rand(3), expected)
+    b = Trainer(make_config("ae"), SHAPE, progress=False)
+    for (name, p), q in zip(parameters(a.encoder).items(), parameters(b.encoder).values()):
+        assert torch.equal(p, q), name  # and still reproducibly

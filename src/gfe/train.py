@@ -179,11 +179,13 @@ class Trainer:
         weights=None,
     ):
         self.config = config
-        torch.manual_seed(config.seed)
-        self.decoder = decoder if decoder is not None else default_decoder(tuple(feature_shape), config.latent_dim)
-        if tuple(self.decoder.out_shape) != tuple(feature_shape):
-            raise ConfigError(f"decoder output shape {self.decoder.out_shape} differs from the data's {tuple(feature_shape)}")
-        self.encoder = None if config.is_gfe else build_encoder(self.decoder)
+        with torch.random.fork_rng(devices=[]):  # seeded initial weights; the caller's RNG is left alone
+            torch.manual_seed(config.seed)
+            self.decoder = decoder if decoder is not None else default_decoder(tuple(feature_shape), config.latent_dim)
+            if tuple(self.decoder.out_shape) != tuple(feature_shape):
+                raise ConfigError(
+                    f"decoder output shape {self.decoder.out_shape} differs from the data's {tuple(feature_shape)}")
+            self.encoder = None if config.is_gfe else build_encoder(self.decoder)
         if self.encoder is not None and replicas.world_size > 1:
             raise ConfigError("the autoencoder baseline trains in one process; distributed training "
                               "supports the gfe-* methods")

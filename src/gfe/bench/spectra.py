@@ -23,6 +23,7 @@ from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from ..encode import encode
 from ..errors import ConfigError, DataError
 from ..ins.io import load_spectra
 from ..models import Conv1dDecoder, Conv2dDecoder
@@ -65,8 +66,11 @@ def _neural(method, x_train, x_test, mask, *, latent_dim, epochs, batch_size, lr
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
     xt = torch.from_numpy(x_test)
-    with torch.no_grad() if trainer.encoder is not None else torch.enable_grad():
-        z, _, _ = trainer.latents(xt, training=False)
+    if trainer.start_fit is not None:  # as `gfe encode` encodes with the saved model: from its learned start
+        z = encode(trainer.decoder, xt, z0=trainer.start_fit.fitted(), weights=mask, **trainer.settings()["encode"]).z
+    else:
+        with torch.no_grad() if trainer.encoder is not None else torch.enable_grad():
+            z, _, _ = trainer.latents(xt, training=False)
     encode_seconds = time.perf_counter() - start
     with torch.no_grad():
         recon = trainer.decoder(z).numpy()
