@@ -180,11 +180,22 @@ def test_latents_file_round_trip_with_provenance(workdir, capsys):
     assert (info["samples"], info["latent_dim"]) == (40, 2) and info["provenance"] == meta
 
 
-def test_decoding_latents_of_another_model_is_refused(workdir, tmp_path, capsys):
+@pytest.mark.parametrize("suffix", [".h5", ".npz"])
+def test_decoding_latents_of_another_model_is_refused(workdir, tmp_path, capsys, suffix):
     other = tmp_path / "other"
     assert run("train", workdir / "images.npy", "--out", other, *TRAIN, "--seed", "1") == 0
-    run("encode", workdir / "model", workdir / "images.npy", "-o", tmp_path / "z.h5", "--quiet")
-    assert run("decode", other, tmp_path / "z.h5", "-o", tmp_path / "r.npy", "--quiet") == 2
+    run("encode", workdir / "model", workdir / "images.npy", "-o", tmp_path / f"z{suffix}", "--quiet")
+    assert run("decode", other, tmp_path / f"z{suffix}", "-o", tmp_path / "r.npy", "--quiet") == 2
     err = capsys.readouterr().err
     assert err.startswith("gfe: error: ") and "was encoded with another model" in err
     assert not (tmp_path / "r.npy").exists()
+
+
+def test_npz_latents_carry_provenance_without_pickle(workdir, tmp_path):
+    from gfe.latents import read_latents
+
+    run("encode", workdir / "model", workdir / "images.npy", "-o", tmp_path / "z.npz", "--quiet")
+    with np.load(tmp_path / "z.npz", allow_pickle=False) as archive:
+        assert {"z", "loss", "steps", "nfe", "status", "t", "provenance"} <= set(archive.files)
+    _, meta = read_latents(tmp_path / "z.npz")
+    assert meta["model_weights_sha256"] == gfe.load_model(workdir / "model").config["weights_sha256"]

@@ -80,7 +80,7 @@ def stored(path) -> dict:
         return {"z": np.load(path)}
     if path.suffix == ".npz":
         with np.load(path) as f:
-            return {name: f[name] for name in f.files}
+            return {name: f[name] for name in f.files if name != "provenance"}
     with h5py.File(path, "r") as f:
         return {name: f[name][()] for name in f}
 
@@ -258,4 +258,6 @@ def test_stream_memory_benchmark_reports_each_size_and_mode(monkeypatch):
     result = stream_memory.run((30, 60), features=4, latent_dim=2, max_steps=2, chunk_rows=16, progress=False)
     rows = result["results"]
     assert [(r["samples"], r["mode"]) for r in rows] == [(30, "stream"), (30, "whole"), (60, "stream"), (60, "whole")]
-    assert all(r["peak_rss_mib"] >= r["peak_rss_after_imports_mib"] > 0 and r["seconds"] > 0 for r in rows)
+    # in one long-lived process Linux's VmHWM is a lagging per-thread sum that can even read a little lower
+    # later; the benchmark's comparisons use a fresh process per run, so here only check both are reported
+    assert all(r["peak_rss_mib"] > 0 and r["peak_rss_after_imports_mib"] > 0 and r["seconds"] > 0 for r in rows)

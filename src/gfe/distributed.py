@@ -121,5 +121,8 @@ def process_group() -> Iterator[Replicas]:
     dist.init_process_group("gloo")
     try:
         yield Replicas(dist.get_rank(), dist.get_world_size())
+        # leave together: a rank that tears gloo down while another still writes
+        # files could see its peer's sockets close under it (seen as an abort in CI)
+        dist.barrier()
     finally:
         dist.destroy_process_group()

@@ -2,7 +2,8 @@
 
 `.h5` holds everything (datasets `z`, `loss`, `steps`, `nfe`, `status`, `t`; the
 provenance as JSON in the `provenance` attribute), `.npz` holds the same arrays
-without provenance, and `.npy` holds the latents alone. Every write is atomic,
+plus the provenance JSON as a 0-d string array `provenance`, and `.npy` holds
+the latents alone. Every write is atomic,
 and `latents_writer` writes a chunk of samples at a time, so memory does not
 grow with their number.
 Provenance names the model's weights digest, so decoding latents with another
@@ -126,8 +127,9 @@ class LatentsWriter:
         for store in self.arrays.values():
             store.close()
         if self.suffix == ".npz":  # what np.savez writes: stored (uncompressed) .npy members
+            np.save(self.parts / "provenance.npy", np.array(json.dumps(self.meta)))  # a string: no pickle
             with zipfile.ZipFile(self.tmp, "w", allowZip64=True) as archive:
-                for name in self.arrays:
+                for name in (*self.arrays, "provenance"):
                     archive.write(self.parts / f"{name}.npy", f"{name}.npy")
 
 
@@ -178,12 +180,18 @@ def read_latents(path) -> tuple[np.ndarray, dict]:
     path = Path(path)
     suffix = path.suffix.lower()
     meta: dict = {}
-    if suffix in (".h5", ".hdf5") and path.is_file():
-        try:
+    try:
+        if suffix in (".h5", ".hdf5") and path.is_file():
             with h5py.File(path, "r") as f:
                 meta = json.loads(f.attrs.get("provenance", "{}"))
-        except (OSError, ValueError) as err:
-            raise DataError(f"cannot read {path}: {err}") from err
+        elif suffix == ".npz" and path.is_file():
+            with np.load(path, allow_pickle=False) as archive:
+                if "provenance" in archive.files:
+                    meta = json.loads(str(archive["provenance"]))
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise DataError(f"cannot read {path}: {err}") from err
+    if not isinstance(meta, dict):
+        raise DataError(f"{path} holds provenance that is not a JSON object")
     key = "z" if suffix in (".h5", ".hdf5", ".npz") else None
     z = read_array(path, key)
     if z.ndim != 2:
