@@ -2,10 +2,11 @@
 the middle of checkpoint writes, resumes to exactly the parameters of an
 uninterrupted run, and no half-written checkpoint or model is ever visible.
 
-Each run is a child forked from a fork server that has imported torch but
-never computed (so a restart costs half a second, and no thread pool or lock of
-the test process is inherited half-held: forking the pytest process itself hung
-intermittently once earlier tests had started torch's OpenMP threads).
+Each run is a child forked from a fork server that has imported torch and gfe
+but never computed (so a restart costs milliseconds, and no thread pool or lock
+of the test process is inherited half-held: forking the pytest process itself
+hung intermittently once earlier tests had started torch's OpenMP threads, whose
+pool a forked child cannot use).
 Kills land at delays spread over the next epoch or so, and at points inside
 `Trainer.save_checkpoint` where the child, patched in the child, reports over a
 pipe and pauses: with a temporary file half written, after the model but before
@@ -119,9 +120,7 @@ def _child(run_dir: Path, point, tell_parent) -> None:
 def forkserver():
     """A multiprocessing context whose children fork from a clean server process."""
     context = multiprocessing.get_context("forkserver")
-    # torch only: importing gfe (torchode) starts OpenMP's thread pool, which a
-    # forked child cannot use (MKL's Cholesky then hangs); children import gfe
-    context.set_forkserver_preload(["torch"])
+    context.set_forkserver_preload(["torch", "gfe.train"])
     return context
 
 
@@ -214,3 +213,17 @@ def test_sigkill_at_many_moments_resumes_to_the_uninterrupted_result(tmp_path, f
     if not (runs[-1] / "model").exists():
         assert run_child(forkserver, runs[-1]) == "finished"
     assert_same_as_reference(runs[-1], reference)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="counts threads in /proc (Linux)")
+def test_importing_gfe_starts_no_threads():
+    """So that a process may fork after `import gfe` (torchode, which starts
+    OpenMP's pool when imported, is imported only when dopri5 runs)."""
+    import subprocess
+    import sys
+
+    code = ("import torch; count = lambda: int([l for l in open('/proc/self/status') if l.startswith('Threads')][0]"
+            ".split()[1]); before = count(); import gfe, gfe.train, gfe.workflows, gfe.cli; print(before, count())")
+    before, after = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                   check=True).stdout.split()
+    assert after == before

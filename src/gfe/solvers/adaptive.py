@@ -10,8 +10,6 @@ and its own end, and finished samples leave the batch.
 from __future__ import annotations
 
 import torch
-import torchode
-from torchode.single_step_methods.runge_kutta import ERKState
 
 from .active import ActiveSet, StopRule, begin, commit, integrate, pending, step_sizes
 from .status import Status
@@ -28,6 +26,11 @@ def solve_dopri5(
     rtol: float = 1e-4, atol: float = 1e-6, dt0: float | None = None, max_rejects: int = 30,
 ):
     """Integrate to tau with local error per sample below `atol + rtol·|y|`."""
+    # Imported on use: importing torchode starts OpenMP's thread pool (it compiles
+    # with TorchScript), which makes `import gfe` slower and unsafe to fork after.
+    import torchode
+    from torchode.single_step_methods.runge_kutta import ERKState
+
     method = torchode.Dopri5()
     active = begin(objective, flow, x, weights, y0)
     last_eval = {}
