@@ -146,7 +146,7 @@ def test_load_a_model_the_trainer_saved(X, tmp_path):
     trainer.fit(X.reshape(30, 2, 3))
     trainer.save_model(tmp_path / "model")
     loaded = GFE.load(tmp_path / "model")
-    expected = gfe.encode(trainer.decoder, X.reshape(30, 2, 3), z0=trainer.start_fit.fitted(),
+    expected = gfe.encode(trainer.decoder, X.reshape(30, 2, 3), z0=trainer.start_map(),
                           **trainer.settings()["encode"]).z.detach().numpy()
     assert loaded.feature_shape == (2, 3) and loaded.n_features_in_ == 6
     assert np.array_equal(loaded.transform(X), expected)

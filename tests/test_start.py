@@ -95,7 +95,7 @@ def test_the_learned_start_saves_evaluations_at_equal_loss(trained, digits):
     """Trained on 500 digits, the start map reaches the zero start's loss in fewer evaluations."""
     settings = trained.settings()["encode"]
     zero = gfe.encode(trained.decoder, digits[1], **settings)
-    learned = gfe.encode(trained.decoder, digits[1], z0=trained.start_fit.fitted(), **settings)
+    learned = gfe.encode(trained.decoder, digits[1], z0=trained.start_map(), **settings)
     assert float(learned.loss.mean()) <= 1.01 * float(zero.loss.mean())
     assert float(learned.nfe.float().mean()) < 0.8 * float(zero.nfe.float().mean())
 
@@ -103,7 +103,7 @@ def test_the_learned_start_saves_evaluations_at_equal_loss(trained, digits):
 def test_a_saved_model_keeps_its_start_map(trained, tmp_path):
     trained.save_model(tmp_path / "model")
     loaded = gfe.load_model(tmp_path / "model")
-    assert torch.equal(loaded.start.weight, trained.start_fit.fitted().weight)
+    assert torch.equal(loaded.start.weight, trained.start_map().weight)
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["start"] == {"type": "ridge", "feature_shape": [64], "latent_dim": 8}
     config["start"]["latent_dim"] = 9  # a start map that cannot belong to this decoder
@@ -145,4 +145,4 @@ def test_bad_settings_are_config_errors():
     with pytest.raises(ConfigError, match="memory >= 1"):
         RidgeFit((4,), 2, memory=0.5)
     # too many features for a learned start: training starts at 0 and saves no map
-    assert Trainer(TrainConfig(latent_dim=2), (MAX_FEATURES + 1,), progress=False).start_fit is None
+    assert Trainer(TrainConfig(latent_dim=2), (MAX_FEATURES + 1,), progress=False).start_map() is None

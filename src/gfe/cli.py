@@ -52,6 +52,7 @@ def _json_dict(text: str) -> dict:
 
 
 def _add_train(sub) -> None:
+    from .start import START_MODES
     from .train import METHODS, OPTIMIZERS
 
     p = sub.add_parser(
@@ -90,7 +91,7 @@ def _add_train(sub) -> None:
                    help="decoder gradient: approx holds the latents fixed (cheap; exact once the flow has "
                         "converged); adjoint (continuous adjoint) and unrolled (back-propagation through the "
                         "solver's steps) include how the latents depend on the decoder (see docs/gradients.md)")
-    p.add_argument("--start", default="learned", choices=["learned", "zero"],
+    p.add_argument("--start", default="learned", choices=list(START_MODES),
                    help="where training flows begin: learned (a ridge map from samples to the latents found so "
                         "far, saved with the model as where 'gfe encode' starts; ~3x fewer decoder evaluations) "
                         "or zero (the reference's z0 = 0). Validation always starts at 0")
@@ -304,6 +305,8 @@ def _add_result_options(q) -> None:
 
 
 def _add_bench(sub) -> None:
+    from .start import START_MODES
+
     p = sub.add_parser("bench", help="benchmarks that write JSON")
     bench = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     q = bench.add_parser(
@@ -317,7 +320,7 @@ def _add_bench(sub) -> None:
     q.add_argument("--n-test", type=int, default=1000, help="held-out samples")
     q.add_argument("--train-encode", type=_json_dict, default=None,
                    help="JSON options for the GFE methods' flows during training, e.g. '{\"max_steps\": 30}'")
-    q.add_argument("--start", default="learned", choices=["learned", "zero"],
+    q.add_argument("--start", default="learned", choices=list(START_MODES),
                    help="where the GFE methods' training flows begin (the test encoding starts at 0 either way)")
     _add_result_options(q)
     q.set_defaults(run=_bench_data_efficiency)

@@ -173,7 +173,7 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             trainer = Trainer(config, shape, decoder=decoder, progress=bool(self.verbose))
             trainer.fit(X)
         self.decoder_ = trainer.decoder.eval()
-        self.start_ = None if trainer.start_fit is None else trainer.start_fit.fitted()
+        self.start_ = trainer.start_map()
         self._settings = trainer.settings()
         self.n_iter_ = len(trainer.history)
         # fit has no validation data, so each record's val_loss is NaN: leave it out.

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from .errors import ConfigError
 from .models import _Configurable, _int_tuple, _positive_int, build_registered
 
+START_MODES = ("learned", "zero")  # where flows begin: the fitted map, or z0 = 0
 MAX_FEATURES = 4096  # the (features + 1)² statistics must stay small; above this, start at 0
 ROW_ELEMENTS = 1 << 22  # rows × features × latents per step of `RidgeStart.forward` (16 MiB in float32)
 

@@ -41,7 +41,7 @@ from .gradients import check_gradient, flow_gradients
 from .losses import Loss
 from .models import build_encoder, default_decoder
 from .persist import atomic_path, atomic_write_text, file_sha256, load_model, save_model
-from .start import RidgeFit, can_learn_start
+from .start import START_MODES, RidgeFit, RidgeStart, can_learn_start
 
 METHODS = {
     # name: (flow, solver) for GFE, None for the autoencoder
@@ -76,7 +76,6 @@ CHECKPOINT_FORMAT = "gfe-checkpoint"
 CHECKPOINT_VERSION = 1
 CHECKPOINT_FILES = ("config.json", "weights.safetensors", "optimizer.safetensors", "trainer.json")
 ON_NONFINITE = ("stop", "skip")
-STARTS = ("learned", "zero")
 
 
 @dataclass
@@ -119,8 +118,8 @@ class TrainConfig:
             raise ConfigError(f"lr must be > 0; got {self.lr}")
         if self.on_nonfinite not in ON_NONFINITE:
             raise ConfigError(f"on_nonfinite must be one of {', '.join(ON_NONFINITE)}; got {self.on_nonfinite!r}")
-        if self.start not in STARTS:
-            raise ConfigError(f"start must be one of {', '.join(STARTS)}; got {self.start!r}")
+        if self.start not in START_MODES:
+            raise ConfigError(f"start must be one of {', '.join(START_MODES)}; got {self.start!r}")
         Loss(self.loss)  # validates the name
         if self.gradient != "approx" and not self.is_gfe:
             raise ConfigError(f"gradient={self.gradient!r} needs a GFE method; the autoencoder has no flow")
@@ -233,6 +232,11 @@ class Trainer:
         if training and self.start_fit is not None:
             return self.start_fit.start(x, self.weights)
         return x.new_zeros((x.shape[0], self.decoder.latent_dim))
+
+    def start_map(self) -> RidgeStart | None:
+        """The start map a saved model carries (solved from all statistics so
+        far), or None when training starts at 0."""
+        return None if self.start_fit is None else self.start_fit.fitted()
 
     def _learn_start(self, x: torch.Tensor, z: torch.Tensor) -> None:
         """Fold this batch's finite latents (all replicas' rows) into the start map's fit."""
@@ -347,7 +351,7 @@ class Trainer:
 
     def save_model(self, directory, extra_settings: dict | None = None) -> Path:
         return save_model(directory, self.decoder, settings={**self.settings(), **(extra_settings or {})},
-                          encoder=self.encoder, start=None if self.start_fit is None else self.start_fit.fitted())
+                          encoder=self.encoder, start=self.start_map())
 
     def save_checkpoint(self, directory) -> Path:
         """Write epoch `len(history)`'s checkpoint and point `latest.json` at it,

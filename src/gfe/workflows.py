@@ -33,7 +33,7 @@ from .normalise import check_normalisation
 from .normalise import normalise as normalise_samples
 from .persist import atomic_path, file_sha256, load_model
 from .solvers import Status
-from .start import MAX_FEATURES
+from .start import MAX_FEATURES, START_MODES
 from .tensorboard_log import TensorBoardLog
 from .train import TrainConfig, Trainer
 
@@ -139,8 +139,8 @@ def encode_settings(loaded, options: dict | None) -> dict:
     if settings.get("seed") is not None or settings.get("z0") is not None:
         raise ConfigError("gfe encodes data files from the model's start (a random start would depend on how the "
                           "samples are chunked or sharded); 'seed' and 'z0' are options of gfe.encode on arrays")
-    if settings["start"] not in ("learned", "zero"):
-        raise ConfigError(f"start must be 'learned' or 'zero'; got {settings['start']!r}")
+    if settings["start"] not in START_MODES:
+        raise ConfigError(f"start must be one of {', '.join(START_MODES)}; got {settings['start']!r}")
     if settings["start"] == "learned" and loaded.start is None:
         raise ConfigError("this model has no learned start map (trained with start='zero', on more than "
                           f"{MAX_FEATURES} features, or by an older gfe); encode with start='zero'")

@@ -53,7 +53,7 @@ def _decoder(model, dataset: str, seed: int, progress: bool):
     trainer = Trainer(TrainConfig(latent_dim=20, batch_size=5, seed=seed), data.x.shape[1:],
                       decoder=MLPDecoder(20, data.x.shape[1:]), progress=progress)
     trainer.fit(x_train)
-    return trainer.decoder, "bce", trainer.start_fit.fitted()
+    return trainer.decoder, "bce", trainer.start_map()
 
 
 def _rate(fn, repeats: int, trials: int = 5) -> float:

@@ -70,10 +70,10 @@ def _neural(method, x_train, x_test, mask, *, latent_dim, epochs, batch_size, lr
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
     xt = torch.from_numpy(x_test)
-    if trainer.start_fit is not None:  # as `gfe encode` encodes with the saved model: from its learned start
-        z = encode(trainer.decoder, xt, z0=trainer.start_fit.fitted(), weights=mask, **trainer.settings()["encode"]).z
+    if trainer.encoder is None:  # as `gfe encode` encodes with the saved model: from its start map
+        z = encode(trainer.decoder, xt, z0=trainer.start_map(), weights=mask, **trainer.settings()["encode"]).z
     else:
-        with torch.no_grad() if trainer.encoder is not None else torch.enable_grad():
+        with torch.no_grad():
             z, _, _ = trainer.latents(xt, training=False)
     encode_seconds = time.perf_counter() - start
     with torch.no_grad():
