@@ -37,3 +37,12 @@ def test_encode_benchmark_compares_settings_with_the_best_loss(tmp_path):
     assert rows["bfgs"]["loss_over_best"] == pytest.approx(0, abs=1e-3)
     assert result["decoder_evals_per_second"] > 0 and result["matmul_gflops"] > 0
     assert all(0 < r["of_decoder_rate"] for r in rows.values())
+
+
+def test_sharded_encoding_benchmark_runs_and_merges_to_the_single_process_result():
+    from gfe.bench import sharded_encoding
+
+    result = sharded_encoding.run("digits", samples=20, train_samples=10, max_steps=5, processes=2, progress=False)
+    assert [v["processes"] for v in result["variants"]] == [1, 1, 2]
+    assert result["merged_equals_single_process"]
+    assert all(v["wall_s"] > 0 and v["encode_s"] > 0 for v in result["variants"]) and result["speedup_encode"] > 0

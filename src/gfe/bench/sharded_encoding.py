@@ -35,12 +35,12 @@ from ..data import load_dataset, split
 from ..latents import read_encoding
 from ..shards import merge_shards, shard_path
 from ..train import TrainConfig, Trainer
-from .data_efficiency import TRAIN_ENCODE, _decoder
+from .data_efficiency import _decoder
 
 
 def _train_model(x_train: np.ndarray, directory: Path, max_steps: int, seed: int, progress: bool) -> Path:
     config = TrainConfig(method="gfe-amd", latent_dim=20, epochs=1, batch_size=5, optimizer="rmsprop", lr=5e-4,
-                         seed=seed, encode_options=dict(TRAIN_ENCODE), eval_options={"max_steps": max_steps})
+                         seed=seed, eval_options={"max_steps": max_steps})
     trainer = Trainer(config, x_train.shape[1:], decoder=_decoder(x_train.shape[1:], 20, seed), progress=progress)
     if len(x_train):
         trainer.fit(x_train)
