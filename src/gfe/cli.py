@@ -93,7 +93,7 @@ def _add_train(sub) -> None:
                         "solver's steps) include how the latents depend on the decoder (see docs/gradients.md)")
     p.add_argument("--start", default="learned", choices=list(START_MODES),
                    help="where training flows begin: learned (a ridge map from samples to the latents found so "
-                        "far, saved with the model as where 'gfe encode' starts; ~3x fewer decoder evaluations) "
+                        "far, saved with the model as where 'gfe encode' starts; 1.6-2.5x fewer decoder evaluations on MNIST) "
                         "or zero (the reference's z0 = 0). Validation always starts at 0")
     p.add_argument("--lazy", action="store_true",
                    help="keep the samples of a .npy or HDF5 DATA on disk and read each batch when it is needed "
