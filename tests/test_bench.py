@@ -24,6 +24,17 @@ def test_data_efficiency_reports_each_method_and_size():
     assert sum(w["samples"] for w in windows) == 20 and all(w["mean_nfe"] >= w["mean_steps"] > 0 for w in windows)
 
 
+def test_data_efficiency_repeats_identical_runs_and_encodes_ahead():
+    result = data_efficiency.run("digits", ["gfe-amd", "ae"], [20], n_test=10, latent_dim=2, encode_ahead=2,
+                                 repeat=2, progress=False)
+    assert result["encode_ahead"] == 2 and result["repeat"] == 2
+    for row in result["results"]:
+        assert len(row["train_seconds_each"]) == 2
+        assert row["train_seconds"] == pytest.approx(sum(row["train_seconds_each"]) / 2)  # the median of two
+    with pytest.raises(ValueError, match="repeat must be at least 1"):
+        data_efficiency.run("digits", ["gfe-amd"], [10], repeat=0, progress=False)
+
+
 def test_encode_benchmark_compares_settings_with_the_best_loss(tmp_path):
     x = load_dataset("digits").x[:60]
     trainer = Trainer(TrainConfig(latent_dim=3, batch_size=10, optimizer="adam", lr=1e-2), x.shape[1:],

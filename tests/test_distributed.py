@@ -26,8 +26,9 @@ from gfe.workflows import train_model
 # shares are uneven (3 + 2) and, in the last batch, one process has no rows.
 # SGD, because Adam and RMSprop divide by the root of the squared gradient: for
 # parameters whose gradient is ~0 they turn rounding noise into full-size steps.
+# Two batches are encoded per flow call (encode_ahead), so the groups are 5 + 5 and 1.
 TRAIN = dict(epochs=2, latent_dim=3, batch_size=5, optimizer="sgd", lr=0.5, val_fraction=0.2,
-             encode_options={"max_steps": 20})
+             encode_options={"max_steps": 20}, encode_ahead=2)
 SRC = Path(gfe.__file__).resolve().parents[1]
 
 

@@ -25,8 +25,7 @@ def run(*argv) -> int:
 
 def fit_in_batches(fit: RidgeFit, x: torch.Tensor, z: torch.Tensor, batch: int = 10) -> None:
     for lo in range(0, len(x), batch):
-        gram, cross = fit.statistics(x[lo:lo + batch], z[lo:lo + batch])
-        fit.update(gram, cross, len(x[lo:lo + batch]))
+        fit.update(fit.rows(x[lo:lo + batch], z[lo:lo + batch]))
 
 
 def test_the_fit_recovers_a_linear_map():
@@ -73,7 +72,24 @@ def test_masked_features_do_not_move_the_start():
     assert torch.equal(start(x, mask), start(changed, mask))
     assert torch.equal(start(x, mask.expand(8, 5)), start(x, mask))  # per-row weights too
     fit = RidgeFit((5,), 2)
-    assert torch.equal(fit.statistics(x, x[:, :2], mask)[0], fit.statistics(changed, x[:, :2], mask)[0])
+    assert torch.equal(fit.rows(x, x[:, :2], mask), fit.rows(changed, x[:, :2], mask))
+
+
+def test_samples_without_a_finite_latent_add_nothing_to_the_fit():
+    gen = torch.Generator().manual_seed(5)
+    x, z = torch.rand(40, 3, generator=gen), torch.randn(40, 2, generator=gen)
+    broken = z.clone()
+    broken[[3, 17], 1] = float("nan")
+    broken[25, 0] = float("inf")
+    keep = torch.ones(40, dtype=torch.bool)
+    keep[[3, 17, 25]] = False
+    with_bad, without = RidgeFit((3,), 2, refit_every=10), RidgeFit((3,), 2, refit_every=10)
+    for lo in range(0, 40, 10):  # the same batches, with and without their broken samples
+        part = slice(lo, lo + 10)
+        with_bad.update(with_bad.rows(x[part], broken[part]))
+        without.update(without.rows(x[part][keep[part]], z[part][keep[part]]))
+    torch.testing.assert_close(with_bad.gram, without.gram)
+    torch.testing.assert_close(with_bad.fitted().weight, without.fitted().weight)
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -100,10 +101,10 @@ def _strip_seconds(history):
     return [{k: v for k, v in asdict(r).items() if k != "seconds"} for r in history]
 
 
-@pytest.mark.parametrize("method", ["gfe-amd", "ae"])
-def test_interrupted_run_resumes_to_the_same_result(tmp_path, images, method):
-    # run A: three epochs in one go
-    run_a = make_trainer(make_config(method, epochs=3), checkpoint_dir=tmp_path / "a")
+@pytest.mark.parametrize(("method", "ahead"), [("gfe-amd", 1), ("gfe-amd", 4), ("ae", 1)])
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, images, method, ahead):
+    # run A: three epochs in one go (with ahead = 4, each epoch's 6 batches are encoded as 4 + 2)
+    run_a = make_trainer(make_config(method, epochs=3, encode_ahead=ahead), checkpoint_dir=tmp_path / "a")
     history_a = run_a.fit(images, images[:20])
 
     # run B: interrupted after epoch 1 (the checkpoint is written before callbacks run)
@@ -111,7 +112,8 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, images, method):
         if record.epoch == 1:
             raise KeyboardInterrupt
 
-    run_b = make_trainer(make_config(method, epochs=3), checkpoint_dir=tmp_path / "b", callbacks=(interrupt,))
+    run_b = make_trainer(make_config(method, epochs=3, encode_ahead=ahead), checkpoint_dir=tmp_path / "b",
+                         callbacks=(interrupt,))
     with pytest.raises(KeyboardInterrupt):
         run_b.fit(images, images[:20])
     assert json.loads((tmp_path / "b" / "latest.json").read_text())["checkpoint"] == "epoch-00001"
@@ -176,10 +178,37 @@ def test_write_history_csv(tmp_path, images):
     ("latent_dim", True, r"latent_dim must be a positive integer"),
     ("lr", 0.0, r"lr must be > 0"),
     ("loss", "hinge", r"unknown loss 'hinge'"),
+    ("encode_ahead", 0, r"encode_ahead must be a positive integer"),
 ])
 def test_bad_config_is_a_config_error(field, value, pattern):
     with pytest.raises(ConfigError, match=pattern):
         TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize("overrides", [{"method": "ae"}, {"gradient": "unrolled"}])
+def test_encoding_ahead_needs_the_approximate_gradient_of_a_flow(overrides):
+    with pytest.raises(ConfigError, match="encode_ahead > 1 needs a GFE method with the approximate gradient"):
+        TrainConfig(encode_ahead=2, **overrides)
+
+
+def test_batches_encoded_ahead_use_the_decoder_before_the_first_of_them(images):
+    """With encode_ahead = 3 the three batches of one epoch are encoded against the
+    initial decoder, and the decoder then takes one update per batch with those latents."""
+    trainer = make_trainer(make_config(epochs=1, encode_ahead=3, start="zero"))
+    initial = copy.deepcopy(trainer.decoder)
+    x = images[:30]
+    trainer.fit(x)
+
+    shuffled = torch.from_numpy(x[np.random.default_rng([0, 0]).permutation(30)])  # epoch 0's order
+    latents = gfe.encode(initial, shuffled, **trainer.config.flow_options(training=True))
+    assert [row[3] for row in trainer.batch_log] == [int(n.sum()) for n in latents.nfe.split(10)]
+    optimizer = torch.optim.Adam(initial.parameters(), lr=1e-2)
+    for xb, zb in zip(shuffled.split(10), latents.z.split(10)):
+        optimizer.zero_grad()
+        (trainer.loss(initial(zb), xb, zb).sum() / 10).backward()
+        optimizer.step()
+    for (name, p), q in zip(parameters(trainer.decoder).items(), parameters(initial).values()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_bad_encode_options_fail_when_the_trainer_is_built():

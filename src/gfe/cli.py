@@ -95,6 +95,11 @@ def _add_train(sub) -> None:
                    help="where training flows begin: learned (a ridge map from samples to the latents found so "
                         "far, saved with the model as where 'gfe encode' starts; 1.6-2.5x fewer decoder evaluations on MNIST) "
                         "or zero (the reference's z0 = 0). Validation always starts at 0")
+    p.add_argument("--encode-ahead", type=int, default=1, metavar="K",
+                   help="encode K batches in one flow call against the decoder before the first of them, then "
+                        "update it batch by batch: latents up to K-1 updates stale, but small batches encode "
+                        "several times faster on a CPU (MNIST, batch 5: K=16 halves training time, "
+                        "docs/benchmarks.md). gfe-* methods with --gradient approx")
     p.add_argument("--lazy", action="store_true",
                    help="keep the samples of a .npy or HDF5 DATA on disk and read each batch when it is needed "
                         "(for data larger than memory; same result, slower per batch)")
@@ -117,7 +122,7 @@ def _train(args) -> None:
                     seed=args.seed, encode_options=args.encode_options, normalise=args.normalise, resume=args.resume,
                     quiet=args.quiet, tensorboard=args.tensorboard, replicas=replicas,
                     gradient=args.gradient, on_nonfinite=args.on_nonfinite, start=args.start,
-                    lazy=args.lazy)
+                    encode_ahead=args.encode_ahead, lazy=args.lazy)
 
 
 def _add_encode(sub) -> None:
@@ -322,6 +327,11 @@ def _add_bench(sub) -> None:
                    help="JSON options for the GFE methods' flows during training, e.g. '{\"max_steps\": 30}'")
     q.add_argument("--start", default="learned", choices=list(START_MODES),
                    help="where the GFE methods' training flows begin (the test encoding starts at 0 either way)")
+    q.add_argument("--encode-ahead", type=int, default=1, metavar="K",
+                   help="the GFE methods encode K batches per flow call (see 'gfe train --help')")
+    q.add_argument("--repeat", type=int, default=1,
+                   help="train each setting this many times (the runs are identical) and report the median "
+                        "training time and each one, as a shared machine's timings vary")
     _add_result_options(q)
     q.set_defaults(run=_bench_data_efficiency)
     _add_bench_encode(bench)
@@ -464,7 +474,7 @@ def _bench_data_efficiency(args) -> None:
 
     result = data_efficiency.run(args.dataset, args.methods.split(","), args.samples, n_test=args.n_test,
                                  train_encode=args.train_encode, train_start=args.start,
-                                 progress=not args.quiet)
+                                 encode_ahead=args.encode_ahead, repeat=args.repeat, progress=not args.quiet)
     _emit(result, args.json, args.quiet)
 
 

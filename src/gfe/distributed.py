@@ -92,14 +92,15 @@ class Replicas:
         dist.all_reduce(tensor)
         return tuple(tensor.tolist())
 
-    def sum_tensors(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Elementwise sums of `tensors` over all processes (each process passes the same shapes)."""
+    def gather_rows(self, mine: torch.Tensor, n: int) -> torch.Tensor:
+        """A batch's `n` rows from every process, in batch order, given this
+        process's share `mine` (its rows `rows(n)`); the same on every process."""
         if self.world_size == 1:
-            return tensors
-        summed = tuple(t.clone() for t in tensors)
-        for tensor in summed:
-            dist.all_reduce(tensor)
-        return summed
+            return mine
+        full = mine.new_zeros((n, *mine.shape[1:]))
+        full[self.rows(n)] = mine
+        dist.all_reduce(full)  # each row is non-zero on one process only: the sum is exact
+        return full
 
     def barrier(self) -> None:
         """Wait for every process, e.g. until rank 0 has finished writing a checkpoint."""

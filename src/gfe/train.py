@@ -89,7 +89,12 @@ class TrainConfig:
     `start` is where training flows begin: "learned" (a ridge map from samples to
     the latents found so far, `gfe.start`; saved with the model; GFE methods on at
     most `gfe.start.MAX_FEATURES` features, else 0) or "zero". Validation always
-    starts at 0, as the reference protocol does."""
+    starts at 0, as the reference protocol does. `encode_ahead` batches are
+    encoded in one flow call against the decoder as it is before the first of
+    them, then each updates the decoder in turn: a batch's latents are up to
+    `encode_ahead - 1` updates stale, but each decoder evaluation serves several
+    batches, which on a CPU costs little more than one (approximate gradient only;
+    docs/benchmarks.md measures the trade)."""
 
     method: str = "gfe-amd"
     latent_dim: int = 20
@@ -104,13 +109,14 @@ class TrainConfig:
     gradient: str = "approx"
     on_nonfinite: str = "stop"
     start: str = "learned"
+    encode_ahead: int = 1
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
-        for name in ("latent_dim", "epochs", "batch_size"):
+        for name in ("latent_dim", "epochs", "batch_size", "encode_ahead"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer; got {value!r}")
@@ -123,6 +129,9 @@ class TrainConfig:
         Loss(self.loss)  # validates the name
         if self.gradient != "approx" and not self.is_gfe:
             raise ConfigError(f"gradient={self.gradient!r} needs a GFE method; the autoencoder has no flow")
+        if self.encode_ahead > 1 and not (self.is_gfe and self.gradient == "approx"):
+            raise ConfigError("encode_ahead > 1 needs a GFE method with the approximate gradient: exact gradients "
+                              "and the autoencoder's encoder need latents of the decoder being updated")
         options = self.flow_options(training=True)
         check_gradient(self.gradient, options["solver"], options.get("step", "flow"))
 
@@ -218,15 +227,14 @@ class Trainer:
 
     # ----------------------------------------------------------------- latents
     def latents(self, x: torch.Tensor, *, training: bool):
-        """Latents of a batch and the number of flow steps and evaluations spent."""
-        if self.encoder is not None:
-            z = self.encoder(x)
-            return z, 0, 0
-        if len(x) == 0:  # a replica's share of a batch smaller than the group
-            return x.new_zeros((0, self.decoder.latent_dim)), 0, 0
+        """Latents of a batch and each sample's flow steps and decoder evaluations."""
+        if self.encoder is not None or len(x) == 0:  # (a replica's share of a batch may be empty)
+            none = torch.zeros(len(x), dtype=torch.long)
+            z = self.encoder(x) if self.encoder is not None else x.new_zeros((0, self.decoder.latent_dim))
+            return z, none, none
         flow = self.flow_encoder if training else self.eval_encoder
         enc = flow(x, self._start(x, training=training), self.weights)
-        return enc.z, int(enc.steps.sum()), int(enc.nfe.sum())
+        return enc.z, enc.steps, enc.nfe
 
     def _start(self, x: torch.Tensor, *, training: bool) -> torch.Tensor:
         if training and self.start_fit is not None:
@@ -238,14 +246,11 @@ class Trainer:
         far), or None when training starts at 0."""
         return None if self.start_fit is None else self.start_fit.fitted()
 
-    def _learn_start(self, x: torch.Tensor, z: torch.Tensor) -> None:
-        """Fold this batch's finite latents (all replicas' rows) into the start map's fit."""
-        if self.start_fit is None:
-            return
-        finite = torch.isfinite(z).all(1)
-        gram, cross = self.start_fit.statistics(x[finite], z[finite], self.weights)
-        gram, cross = self.replicas.sum_tensors(gram, cross)
-        self.start_fit.update(gram, cross, round(float(gram[-1, -1])))  # the intercept's entry counts rows
+    def _learn_start(self, x: torch.Tensor, z: torch.Tensor, batch_size: int) -> None:
+        """Fold this batch's latents (all replicas' rows) into the start map's fit."""
+        if self.start_fit is not None:
+            rows = self.start_fit.rows(x, z, self.weights)
+            self.start_fit.update(self.replicas.gather_rows(rows, batch_size))
 
     def evaluate(self, x, batch_size: int = 1000) -> float:
         """Mean per-sample loss of `x` reconstructed from its latents (encoder or
@@ -268,7 +273,7 @@ class Trainer:
         x_train = self._tensor(x_train)
         x_val = None if x_val is None else self._tensor(x_val)
         for epoch in range(len(self.history), self.config.epochs):
-            with threads_for_rows(self.config.batch_size):
+            with threads_for_rows(self.config.batch_size * self.config.encode_ahead):
                 record = self._epoch(epoch, x_train)
             if x_val is not None:
                 record = replace(record, val_loss=self.evaluate(x_val))
@@ -282,43 +287,59 @@ class Trainer:
 
     def _epoch(self, epoch: int, x: torch.Tensor) -> EpochRecord:
         order = torch.from_numpy(np.random.default_rng([self.config.seed, epoch]).permutation(len(x)))
-        bs = self.config.batch_size
+        bs, ahead = self.config.batch_size, self.config.encode_ahead
+        batches = [order[lo : lo + bs] for lo in range(0, len(x), bs)]
         total = steps = nfe = 0.0
         used = skipped = 0  # samples whose batch updated the decoder; batches skipped
         self.decoder.train()
         start = time.perf_counter()
-        bar = tqdm(range(0, len(x), bs), desc=f"epoch {epoch + 1}/{self.config.epochs} {self.config.method}",
+        bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{self.config.epochs} {self.config.method}",
                    disable=not self.progress, leave=False, unit="batch")
-        for batch, lo in enumerate(bar, start=1):
-            xb = self._batch(x, order[lo : lo + bs])
-            mine = xb[self.replicas.rows(len(xb))]
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.config.gradient == "approx":
-                z, s, n = self.latents(mine, training=True)
-                output = self.update_decoder(z.detach() if self.encoder is None else z)
-                summed = self.loss(output, mine, z, self.weights).sum()
-            else:
-                summed, z, s, n = self._exact_gradients(mine)
-            self._learn_start(mine, z.detach())
-            steps, nfe = steps + s, nfe + n
-            self.batch_log.append((epoch + 1, len(mine), s, n))
-            (bad,) = self.replicas.sum(float(not torch.isfinite(summed)))  # every replica decides alike
-            if bad:
-                if self.config.on_nonfinite == "stop":
-                    raise TrainingError(
-                        f"training loss became {float(summed.detach())} in epoch {epoch + 1}, batch {batch}; "
-                        "lower lr, or set on_nonfinite='skip' to skip such batches")
-                skipped += 1
-                continue
-            if summed.requires_grad:
-                (summed * self.replicas.loss_scale(len(xb))).backward()
-            self.optimizer.step()
-            total += float(summed.detach())
-            used += len(xb)
+        for first in range(0, len(batches), ahead):
+            group = [self._batch(x, index) for index in batches[first : first + ahead]]
+            mines = [xb[self.replicas.rows(len(xb))] for xb in group]
+            encoded = self._latents_ahead(mines) if self.config.gradient == "approx" else [None] * len(group)
+            for batch, xb, mine, latents in zip(range(first + 1, first + len(group) + 1), group, mines, encoded):
+                bar.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                if latents is None:
+                    summed, z, s, n = self._exact_gradients(mine)
+                else:
+                    z, s, n = latents
+                    output = self.update_decoder(z.detach() if self.encoder is None else z)
+                    summed = self.loss(output, mine, z, self.weights).sum()
+                self._learn_start(mine, z.detach(), len(xb))
+                steps, nfe = steps + s, nfe + n
+                self.batch_log.append((epoch + 1, len(mine), s, n))
+                (bad,) = self.replicas.sum(float(not torch.isfinite(summed)))  # every replica decides alike
+                if bad:
+                    if self.config.on_nonfinite == "stop":
+                        raise TrainingError(
+                            f"training loss became {float(summed.detach())} in epoch {epoch + 1}, batch {batch}; "
+                            "lower lr, or set on_nonfinite='skip' to skip such batches")
+                    skipped += 1
+                    continue
+                if summed.requires_grad:
+                    (summed * self.replicas.loss_scale(len(xb))).backward()
+                self.optimizer.step()
+                total += float(summed.detach())
+                used += len(xb)
+        bar.close()
+        if self.start_fit is not None:  # as a checkpoint would, so writing one changes no result
+            self.start_fit.fold()
         total, steps, nfe = self.replicas.sum(total, steps, nfe)
         seconds = time.perf_counter() - start
         train_loss = total / used if used else math.nan
         return EpochRecord(epoch + 1, train_loss, math.nan, seconds, len(x), steps / len(x), nfe / len(x), skipped)
+
+    def _latents_ahead(self, mines: list[torch.Tensor]) -> list[tuple[torch.Tensor, int, int]]:
+        """Training latents of consecutive batches, encoded in one call (`encode_ahead`),
+        with each batch's flow steps and evaluations; a sample's latent does not
+        depend on the others encoded with it."""
+        z, steps, nfe = self.latents(torch.cat(mines) if len(mines) > 1 else mines[0], training=True)
+        sizes = [len(mine) for mine in mines]
+        return [(zb, int(sb.sum()), int(nb.sum()))
+                for zb, sb, nb in zip(z.split(sizes), steps.split(sizes), nfe.split(sizes))]
 
     def _exact_gradients(self, x: torch.Tensor):
         """Encode `x`, set the decoder's `.grad` to the exact gradient of the batch's

@@ -49,7 +49,7 @@ def _say(quiet: bool, text: str) -> None:
 def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_dim=20, epochs=1, batch_size=5,
                 optimizer="rmsprop", lr=5e-4, loss="bce", val_fraction=0.1, seed=0, encode_options=None,
                 normalise="none", resume=False, quiet=False, tensorboard=None, gradient="approx", on_nonfinite="stop",
-                start="learned", lazy=False, replicas: Replicas = Replicas()) -> Trainer:
+                start="learned", encode_ahead=1, lazy=False, replicas: Replicas = Replicas()) -> Trainer:
     """Train on the samples in `data` and write the model directory `out`.
 
     Checkpoints go to `out/checkpoints`; with `resume`, the run there continues
@@ -101,7 +101,7 @@ def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_
             config = TrainConfig(method=method, latent_dim=latent_dim, epochs=epochs, batch_size=batch_size,
                                  optimizer=optimizer, lr=lr, loss=loss, seed=seed,
                                  encode_options=dict(encode_options or {}), gradient=gradient,
-                                 on_nonfinite=on_nonfinite, start=start)
+                                 on_nonfinite=on_nonfinite, start=start, encode_ahead=encode_ahead)
             torch.manual_seed(seed)
             model = DECODER_KINDS[decoder](latent_dim, feature_shape)
             trainer = Trainer(config, feature_shape, decoder=model, checkpoint_dir=checkpoints,
