@@ -63,7 +63,24 @@ def _edit_latest(directory: Path, **changes) -> None:
     (directory / LATEST).write_text(json.dumps(record))
 
 
+def _reshape_start_statistics(directory: Path) -> None:
+    """Rewrite the learned start's statistics with a wrong shape and record matching digests,
+    as a tool that edits checkpoints consistently would."""
+    import safetensors.torch
+
+    from gfe.persist import file_sha256
+
+    path = _target(directory) / "optimizer.safetensors"
+    tensors = safetensors.torch.load_file(str(path))
+    tensors["start/gram"] = torch.zeros(3, 3, dtype=torch.float64)
+    safetensors.torch.save_file(tensors, str(path))
+    record = json.loads((directory / LATEST).read_text())
+    record["sha256"]["optimizer.safetensors"] = file_sha256(path)
+    (directory / LATEST).write_text(json.dumps(record))
+
+
 CHECKPOINT_DAMAGE = {
+    "start statistics of another shape": (_reshape_start_statistics, "unusable learned-start statistics"),
     "flipped optimizer byte": (lambda d: _flip_last_byte(_target(d) / "optimizer.safetensors"), "sha256"),
     "flipped weights byte": (lambda d: _flip_last_byte(_target(d) / "weights.safetensors"), "sha256"),
     "truncated optimizer": (lambda d: _truncate(_target(d) / "optimizer.safetensors"), "sha256"),

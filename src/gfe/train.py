@@ -423,7 +423,10 @@ class Trainer:
             trainer.encoder.load_state_dict(loaded.encoder.state_dict())
         trainer.optimizer.load_state_dict(optimizer_state)
         if trainer.start_fit is not None and start_state is not None:
-            trainer.start_fit.load_state_dict(start_state)
+            try:
+                trainer.start_fit.load_state_dict(start_state)
+            except (ConfigError, KeyError, TypeError) as err:  # consistent digests, inconsistent content
+                raise ModelFileError(f"checkpoint {target} holds unusable learned-start statistics: {err}") from err
         trainer.history = history
         return trainer
 
