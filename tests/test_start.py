@@ -116,6 +116,33 @@ def test_the_learned_start_saves_evaluations_at_equal_loss(trained, digits):
     assert float(learned.nfe.float().mean()) < 0.8 * float(zero.nfe.float().mean())
 
 
+def test_a_refined_start_is_fitted_to_converged_latents(digits):
+    """`refine_start` refits the saved map to where the finished decoder's flows end
+    for the training samples, so it starts them closer than the training fit did."""
+    config = TrainConfig(latent_dim=8, batch_size=5, seed=0)
+    torch.manual_seed(0)
+    trainer = Trainer(config, (64,), progress=False)
+    trainer.fit(digits[0])
+    before = trainer.start_map()
+    refined = trainer.refine_start(digits[0], max_samples=300)
+    assert trainer.start_map() is refined
+    x = torch.from_numpy(digits[0][-300:])
+    converged = gfe.encode(trainer.decoder, x, z0=before, **trainer.settings()["encode"]).z
+    distance = {name: float((start(x) - converged).norm(dim=1).mean()) for name, start in
+                (("before", before), ("refined", refined))}
+    assert distance["refined"] < 0.9 * distance["before"], distance
+
+
+def test_refining_needs_a_learned_start(digits, tmp_path):
+    trainer = Trainer(TrainConfig(latent_dim=2, start="zero"), (64,), progress=False)
+    with pytest.raises(ConfigError, match="refine_start needs a learned start"):
+        trainer.refine_start(digits[0])
+    np.save(tmp_path / "x.npy", digits[0][:20])
+    assert run("train", tmp_path / "x.npy", "--out", tmp_path / "m", "--start", "zero", "--refine-start",
+               "--quiet") == 2
+    assert not (tmp_path / "m" / "checkpoints").exists()  # refused before training
+
+
 def test_a_saved_model_keeps_its_start_map(trained, tmp_path):
     trained.save_model(tmp_path / "model")
     loaded = gfe.load_model(tmp_path / "model")

@@ -49,7 +49,8 @@ def _say(quiet: bool, text: str) -> None:
 def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_dim=20, epochs=1, batch_size=5,
                 optimizer="rmsprop", lr=5e-4, loss="bce", val_fraction=0.1, seed=0, encode_options=None,
                 normalise="none", resume=False, quiet=False, tensorboard=None, gradient="approx", on_nonfinite="stop",
-                start="learned", encode_ahead=1, lazy=False, replicas: Replicas = Replicas()) -> Trainer:
+                start="learned", encode_ahead=1, refine_start=False, lazy=False,
+                replicas: Replicas = Replicas()) -> Trainer:
     """Train on the samples in `data` and write the model directory `out`.
 
     Checkpoints go to `out/checkpoints`; with `resume`, the run there continues
@@ -63,13 +64,17 @@ def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_
     refused; `normalise` ("none" or "mean", per sample) is recorded too and
     applied again when encoding. With `lazy`, .npy and HDF5 samples stay on disk
     and each batch is read as it is needed (after one pass that checks them all),
-    for data larger than memory; the run is the same, bit for bit.
+    for data larger than memory; the run is the same, bit for bit. With
+    `refine_start`, the saved start map is refitted on converged latents of the
+    training samples (`Trainer.refine_start`; one process only).
     """
     if decoder not in DECODER_KINDS:
         raise ConfigError(f"unknown decoder {decoder!r}; expected one of {', '.join(DECODER_KINDS)}")
     if not 0 <= val_fraction < 1:
         raise ConfigError(f"val_fraction must be in [0, 1); got {val_fraction}")
     check_normalisation(normalise, loss)
+    if refine_start and replicas.world_size > 1:
+        raise ConfigError("--refine-start runs in one process, not under torchrun")
     out = Path(out)
     checkpoints = out / CHECKPOINTS
     quiet = quiet or not replicas.is_writer
@@ -107,6 +112,10 @@ def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_
             trainer = Trainer(config, feature_shape, decoder=model, checkpoint_dir=checkpoints,
                               progress=progress, replicas=replicas, weights=inputs.mask)
 
+        if refine_start and trainer.start_fit is None:  # refused before training, not after
+            raise ConfigError("--refine-start needs a learned start: a gfe-* method with --start learned on at "
+                              "most 4,096 features")
+
         def report(_, record):
             _say(quiet, f"epoch {record.epoch}: train loss {record.train_loss:.4f}, validation loss "
                         f"{record.val_loss:.4f}, {record.seconds:.1f} s, {record.mean_steps:.1f} flow steps/sample"
@@ -117,6 +126,9 @@ def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_
         if tensorboard is not None and replicas.is_writer:
             trainer.callbacks = (*trainer.callbacks, stack.enter_context(TensorBoardLog(tensorboard)))
         trainer.fit(x_train, x_val if n_val else None)
+        if refine_start:
+            _say(quiet, f"refitting the start map on converged latents of {min(len(x_train), 2000)} training samples")
+            trainer.refine_start(x_train)
     if not replicas.is_writer:
         return trainer
     grid = grid_of(dataset).to_record() if isinstance(dataset, SpectraDataset) else None

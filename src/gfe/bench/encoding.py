@@ -40,20 +40,24 @@ SETTINGS = {
 BEST = {"step": "bfgs", "gtol": 1e-7, "max_steps": 3000}
 
 
-def _decoder(model, dataset: str, seed: int, progress: bool):
+def _decoder(model, dataset: str, seed: int, progress: bool, refine_start: bool = False):
     """A trained decoder, its loss and start map: the model directory given, or
     the data-efficiency protocol's GFE-AMD decoder (1,000 samples, one pass)
-    trained here."""
+    trained here, with its start map refitted on converged latents of its
+    training samples if `refine_start` (`Trainer.refine_start`)."""
     if model is not None:
         loaded = load_model(model)
-        return loaded.decoder, loaded.settings.get("encode", {}).get("loss", "bce"), loaded.start
+        return loaded.decoder, loaded.settings.get("encode", {}).get("loss", "bce"), loaded.start, None
     data = load_dataset(dataset)
     x_train, _ = split(data.x, 1000, 0, seed=seed)
     torch.manual_seed(seed)
     trainer = Trainer(TrainConfig(latent_dim=20, batch_size=5, seed=seed), data.x.shape[1:],
                       decoder=MLPDecoder(20, data.x.shape[1:]), progress=progress)
     trainer.fit(x_train)
-    return trainer.decoder, "bce", trainer.start_map()
+    start = time.perf_counter()
+    if refine_start:
+        trainer.refine_start(x_train)
+    return trainer.decoder, "bce", trainer.start_map(), time.perf_counter() - start if refine_start else None
 
 
 def _rate(fn, repeats: int, trials: int = 5) -> float:
@@ -75,9 +79,12 @@ def _matmul_gflops(size: int = 1024) -> float:
 
 
 def run(dataset: str, *, model=None, n: int = 10_000, batch: int = 4096, settings: dict | None = None,
-        seed: int = 0, progress: bool = True) -> dict:
+        seed: int = 0, refine_start: bool = False, progress: bool = True) -> dict:
+    if model is not None and refine_start:
+        raise ValueError("refine_start applies to the decoder this benchmark trains, not to a given model "
+                         "(train that with 'gfe train --refine-start')")
     data = load_dataset(dataset)
-    decoder, loss_name, start_map = _decoder(model, dataset, seed, progress)
+    decoder, loss_name, start_map, refine_seconds = _decoder(model, dataset, seed, progress, refine_start)
     decoder.eval()
     x = data.x[:n]
     settings = SETTINGS if settings is None else settings
@@ -123,6 +130,7 @@ def run(dataset: str, *, model=None, n: int = 10_000, batch: int = 4096, setting
                   f"{100 * r['of_decoder_rate']:.0f}% of the decoder's rate", flush=True)
     return {
         "benchmark": "encode", "dataset": data.name, "model": None if model is None else str(model),
+        "refine_start": refine_start, "refine_start_seconds": refine_seconds,
         "samples": len(x), "batch": batch, "decoder_parameters": params, "best_loss": best_loss,
         "best_options": BEST, "decoder_evals_per_second": decoder_rate,
         "decoder_gflops": decoder_rate * flops_per_eval / 1e9, "matmul_gflops": matmul,
