@@ -42,8 +42,10 @@ def test_encode_benchmark_compares_settings_with_the_best_loss(tmp_path):
     trainer.fit(x)
     trainer.save_model(tmp_path / "model")
     settings = {"bfgs": {"step": "bfgs"}, "capped": {"max_steps": 2}}
-    result = encoding.run("digits", model=tmp_path / "model", n=40, batch=16, settings=settings, progress=False)
+    result = encoding.run("digits", model=tmp_path / "model", n=40, batch=16, settings=settings, repeat=2,
+                          progress=False)
     rows = {r["setting"]: r for r in result["results"]}
+    assert all(len(r["seconds_each"]) == 2 for r in rows.values())
     assert rows["capped"]["mean_steps"] <= 2 and rows["capped"]["loss_over_best"] > rows["bfgs"]["loss_over_best"]
     assert rows["bfgs"]["loss_over_best"] == pytest.approx(0, abs=1e-3)
     assert result["decoder_evals_per_second"] > 0 and result["matmul_gflops"] > 0

@@ -81,7 +81,7 @@ def test_unknown_or_invalid_options(decoder, x, option, value, pattern):
 
 
 @pytest.mark.parametrize(("solver", "option", "allowed"), [
-    ("amd", "dt", "grow, h0, h_max, max_shrinks, shrink, sigma, step"),
+    ("amd", "dt", "grow, h0, h_max, max_shrinks, metric0, shrink, sigma, step"),
     ("euler", "rtol", "dt"),
     ("rk4", "h0", "dt"),
     ("dopri5", "dt", "atol, dt0, max_rejects, rtol"),

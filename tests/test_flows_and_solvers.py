@@ -262,6 +262,50 @@ def test_bfgs_steps_reach_the_minimum_in_far_fewer_evaluations(linear_problem):
     assert (bfgs.nfe * 10 < flow.nfe).all(), (bfgs.nfe, flow.nfe)
 
 
+def test_bfgs_from_the_inverse_hessian_takes_one_newton_step(linear_problem):
+    """On a quadratic, `metric0` = the exact inverse Hessian makes the first,
+    full-length step the Newton step: the least-squares solution in one step."""
+    well_conditioned, x, z0 = linear_problem
+    decoder = LinearDecoder(well_conditioned.A.detach() * torch.tensor([1.0, 0.1, 0.03], dtype=torch.float64),
+                            well_conditioned.b.detach())
+    inverse_hessian = torch.linalg.inv(2.0 / 6 * decoder.A.T @ decoder.A)
+    opts = dict(loss="mse", z0=z0, gtol=1e-9, tau=1e9, max_steps=1000, step="bfgs")
+    newton = gfe.encode(decoder, x, metric0=inverse_hessian, **opts)
+    assert (newton.status == Status.CONVERGED).all() and (newton.steps == 1).all(), newton.steps
+    torch.testing.assert_close(newton.z, decoder.least_squares(x), atol=1e-9, rtol=0)
+    learned = gfe.encode(decoder, x, **opts)
+    assert (learned.nfe > 3 * newton.nfe).all()
+
+
+def test_the_mean_hessian_of_a_quadratic_is_exact(linear_problem):
+    decoder, x, z0 = linear_problem
+    hessian = Objective(decoder, Loss("mse")).mean_hessian(z0, x)
+    torch.testing.assert_close(hessian, 2.0 / 6 * decoder.A.T @ decoder.A, atol=1e-9, rtol=0)
+
+
+def test_a_start_metric_does_not_couple_batch_mates(mlp64, data01):
+    metric = torch.tensor([[2.0, 0.3, 0.0], [0.3, 0.5, 0.1], [0.0, 0.1, 1.0]], dtype=torch.float64)
+    opts = dict(loss="bce", alpha=10.0, gtol=1e-5, max_steps=300, step="bfgs", metric0=metric)
+    z0 = _z0_of(mlp64, data01, seed=0)
+    full = gfe.encode(mlp64, data01, z0=z0, **opts)
+    for i in (0, 3, 5):
+        alone = gfe.encode(mlp64, data01[i : i + 1], z0=z0[i : i + 1], **opts)
+        assert torch.equal(alone.steps, full.steps[i : i + 1]) and torch.equal(alone.nfe, full.nfe[i : i + 1])
+        torch.testing.assert_close(alone.z, full.z[i : i + 1], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize(("metric", "step", "message"), [
+    (torch.eye(3), "spectral", "metric0 is the BFGS rule's initial metric"),
+    (torch.ones(2, 3), "bfgs", "must be a square matrix"),
+    (torch.tensor([[1.0, 2.0], [0.0, 1.0]]), "bfgs", "finite and symmetric"),
+    (torch.tensor([[1.0, 0.0], [0.0, -1.0]]), "bfgs", "positive definite"),
+    (torch.eye(5), "bfgs", r"metric0 has shape \(5, 5\); the latents need \(3, 3\)"),
+])
+def test_bad_start_metrics_are_config_errors(mlp64, data01, metric, step, message):
+    with pytest.raises(gfe.ConfigError, match=message):
+        gfe.encode(mlp64, data01, loss="bce", step=step, metric0=metric)
+
+
 @pytest.mark.parametrize(("options", "message"), [
     ({"flow": "nesterov", "step": "bfgs"}, "step rule 'bfgs' is for the first-order flow"),
     ({"step": "newton"}, "unknown AMD step rule 'newton'"),

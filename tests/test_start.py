@@ -116,21 +116,46 @@ def test_the_learned_start_saves_evaluations_at_equal_loss(trained, digits):
     assert float(learned.nfe.float().mean()) < 0.8 * float(zero.nfe.float().mean())
 
 
-def test_a_refined_start_is_fitted_to_converged_latents(digits):
-    """`refine_start` refits the saved map to where the finished decoder's flows end
-    for the training samples, so it starts them closer than the training fit did."""
+@pytest.fixture(scope="module")
+def refined(digits):
+    """A trainer whose start map was refined on 300 of its training samples."""
     config = TrainConfig(latent_dim=8, batch_size=5, seed=0)
     torch.manual_seed(0)
     trainer = Trainer(config, (64,), progress=False)
     trainer.fit(digits[0])
     before = trainer.start_map()
-    refined = trainer.refine_start(digits[0], max_samples=300)
-    assert trainer.start_map() is refined
+    trainer.refine_start(digits[0], max_samples=300)
+    return trainer, before
+
+
+def test_a_refined_start_is_fitted_to_converged_latents(refined, digits):
+    """`refine_start` refits the saved map to where the finished decoder's flows end
+    for the training samples, so it starts them closer than the training fit did."""
+    trainer, before = refined
+    assert trainer.start_map() is trainer.refined_start and before.metric is None
     x = torch.from_numpy(digits[0][-300:])
     converged = gfe.encode(trainer.decoder, x, z0=before, **trainer.settings()["encode"]).z
     distance = {name: float((start(x) - converged).norm(dim=1).mean()) for name, start in
-                (("before", before), ("refined", refined))}
+                (("before", before), ("refined", trainer.refined_start))}
     assert distance["refined"] < 0.9 * distance["before"], distance
+
+
+def test_a_refined_start_carries_the_curvature_where_flows_end(refined, digits, tmp_path):
+    """Its metric is the inverse mean Hessian at converged latents: symmetric positive
+    definite; saved and loaded with the model; used as the BFGS rule's first metric,
+    which then needs fewer evaluations for the same loss."""
+    trainer, _ = refined
+    metric = trainer.refined_start.metric
+    torch.testing.assert_close(metric, metric.T)
+    assert float(torch.linalg.eigvalsh(metric.double()).min()) > 0
+    trainer.save_model(tmp_path / "model")
+    loaded = gfe.load_model(tmp_path / "model")
+    assert torch.equal(loaded.start.metric, metric) and loaded.config["start"]["curvature"] is True
+    settings = trainer.settings()["encode"]
+    with_metric = gfe.encode(loaded.decoder, digits[1], z0=loaded.start, **settings)
+    identity = gfe.encode(loaded.decoder, digits[1], z0=loaded.start, metric0=None, **settings)
+    assert float(with_metric.loss.mean()) <= 1.001 * float(identity.loss.mean())
+    assert float(with_metric.nfe.float().mean()) < 0.8 * float(identity.nfe.float().mean())
 
 
 def test_refining_needs_a_learned_start(digits, tmp_path):
@@ -143,12 +168,20 @@ def test_refining_needs_a_learned_start(digits, tmp_path):
     assert not (tmp_path / "m" / "checkpoints").exists()  # refused before training
 
 
+def test_train_command_refines_the_saved_start(digits, tmp_path):
+    np.save(tmp_path / "x.npy", digits[0][:60])
+    assert run("train", tmp_path / "x.npy", "--out", tmp_path / "m", "--latent-dim", "3", "--refine-start",
+               "--quiet") == 0
+    loaded = gfe.load_model(tmp_path / "m")
+    assert loaded.config["start"]["curvature"] is True and loaded.start.metric.shape == (3, 3)
+
+
 def test_a_saved_model_keeps_its_start_map(trained, tmp_path):
     trained.save_model(tmp_path / "model")
     loaded = gfe.load_model(tmp_path / "model")
     assert torch.equal(loaded.start.weight, trained.start_map().weight)
     config = json.loads((tmp_path / "model" / "config.json").read_text())
-    assert config["start"] == {"type": "ridge", "feature_shape": [64], "latent_dim": 8}
+    assert config["start"] == {"type": "ridge", "feature_shape": [64], "latent_dim": 8, "curvature": False}
     config["start"]["latent_dim"] = 9  # a start map that cannot belong to this decoder
     (tmp_path / "model" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelFileError, match="start map"):

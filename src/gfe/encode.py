@@ -175,8 +175,9 @@ def encode(
     `loss` is "bce" (data in [0, 1], decoder gives logits), "mse" or "poisson"
     (counts, decoder gives log-rates). The start is `z0 = 0` unless `z0` is given
     (an (N, d) array, or a function of the validated batch and weights such as a
-    model's learned start map, `gfe.start.RidgeStart`) or `seed` is set (then
-    `z0 ~ N(0, init_scale²)`, reproducible).
+    model's learned start map, `gfe.start.RidgeStart`, whose `metric`, if it has
+    one, becomes AMD's `metric0` for `step="bfgs"` unless `metric0` is given) or
+    `seed` is set (then `z0 ~ N(0, init_scale²)`, reproducible).
     `weights` (feature shape, or one row per sample) weight or mask features.
 
     Other options: alpha (flow speed), tau (final time), max_steps, gtol (gradient
@@ -184,10 +185,13 @@ def encode(
     that counts as a plateau; 0 = off), penalty ("l2"/"l1") and penalty_weight,
     chunk_size (samples per solver call; results do not depend on it), progress
     (a progress bar over chunks), and solver
-    options: AMD {h0, h_max, shrink, grow, max_shrinks, sigma}; Euler/RK4 {dt};
+    options: AMD {h0, h_max, shrink, grow, max_shrinks, sigma, step, metric0}; Euler/RK4 {dt};
     dopri5 {rtol, atol, dt0, max_rejects}; adam {lr, beta1, beta2, eps};
     lbfgs {memory, h0, shrink, max_shrinks, sigma}.
     """
+    metric = getattr(z0, "metric", None)  # a start map's curvature (`gfe.start.RidgeStart`)
+    if metric is not None and solver == "amd" and options.get("step") == "bfgs" and "metric0" not in options:
+        options["metric0"] = metric
     encoder = FlowEncoder(decoder, flow=flow, solver=solver, loss=loss, **options)
     param = next(decoder.parameters())
     x = _as_batch(decoder, x, encoder.loss.name, param)

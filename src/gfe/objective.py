@@ -31,3 +31,19 @@ class Objective:
             energy = self.loss(self.decoder(z), x, z, weights)
             (grad,) = torch.autograd.grad(energy.sum(), z)
         return energy.detach(), grad
+
+    def mean_hessian(self, z: torch.Tensor, x: torch.Tensor, weights=None, *, rel_step: float = 1e-2) -> torch.Tensor:
+        """The Hessian of E averaged over the rows of `z` (float64, symmetrised), by
+        central differences of the gradient along each latent axis, with steps of
+        `rel_step` times that axis' spread over the rows: 2d evaluations per row,
+        for any decoder and loss."""
+        z = z.detach()
+        spread = z.std(0) if len(z) > 1 else z.new_zeros(z.shape[1])
+        hessian = torch.zeros(z.shape[1], z.shape[1], dtype=torch.float64)
+        for i in range(z.shape[1]):
+            step = torch.zeros_like(z[0])
+            step[i] = rel_step * max(float(spread[i]), 1e-3)
+            forward = self.value_and_grad(z + step, x, weights)[1]
+            backward = self.value_and_grad(z - step, x, weights)[1]
+            hessian[i] = ((forward - backward).double() / (2 * float(step[i]))).mean(0)
+        return (hessian + hessian.T) / 2

@@ -40,16 +40,24 @@ def masked_features(x: Tensor, weights: Tensor | None) -> Tensor:
 
 
 class RidgeStart(_Configurable):
-    """`z0 = [x, 1] @ weight`: the affine map from features to a starting latent."""
+    """`z0 = [x, 1] @ weight`: the affine map from features to a starting latent.
+
+    With `curvature=True` it also holds `metric`, the inverse of the energy's
+    mean Hessian at converged latents (`Trainer.refine_start`); `gfe.encode`
+    starts the BFGS rule's per-sample metric there instead of at a scaled
+    identity, so the first steps are nearly Newton steps."""
 
     kind = "ridge"
 
-    def __init__(self, feature_shape, latent_dim: int):
+    def __init__(self, feature_shape, latent_dim: int, curvature: bool = False):
         super().__init__()
         self.feature_shape = _int_tuple("feature_shape", feature_shape)
         self.latent_dim = _positive_int("latent_dim", latent_dim)
+        if not isinstance(curvature, bool):
+            raise ConfigError(f"curvature must be true or false; got {curvature!r}")
         self.register_buffer("weight", torch.zeros(math.prod(self.feature_shape) + 1, self.latent_dim))
-        self._remember(feature_shape=list(self.feature_shape), latent_dim=self.latent_dim)
+        self.register_buffer("metric", torch.eye(self.latent_dim) if curvature else None)
+        self._remember(feature_shape=list(self.feature_shape), latent_dim=self.latent_dim, curvature=curvature)
 
     def forward(self, x: Tensor, weights: Tensor | None = None) -> Tensor:
         # Products summed per row, not a matrix product: GEMM kernels round a row
@@ -59,6 +67,18 @@ class RidgeStart(_Configurable):
         rows = max(1, ROW_ELEMENTS // self.weight.numel())
         starts = [(part[:, :, None] * self.weight[:-1]).sum(1) for part in flat.split(rows)]
         return (torch.cat(starts) + self.weight[-1]).to(x.dtype) if starts else x.new_zeros((0, self.latent_dim))
+
+
+def metric_from_hessian(hessian: Tensor, floor: float = 1e-3) -> Tensor:
+    """A positive definite inverse of a (mean) Hessian: eigenvalues below `floor`
+    times the largest are raised to it, so flat or negatively curved directions
+    get long but finite steps (float32)."""
+    values, vectors = torch.linalg.eigh(hessian.double())
+    top = float(values.max())
+    if not math.isfinite(top) or top <= 0:
+        raise ConfigError("the mean Hessian has no positive curvature; cannot form a metric from it")
+    values = values.clamp(min=floor * top)
+    return ((vectors / values) @ vectors.T).float()
 
 
 STARTS: dict[str, type[nn.Module]] = {RidgeStart.kind: RidgeStart}

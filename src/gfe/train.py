@@ -41,7 +41,7 @@ from .gradients import check_gradient, flow_gradients
 from .losses import Loss
 from .models import build_encoder, default_decoder
 from .persist import atomic_path, atomic_write_text, file_sha256, load_model, save_model
-from .start import MAX_FEATURES, START_MODES, RidgeFit, RidgeStart, can_learn_start
+from .start import MAX_FEATURES, START_MODES, RidgeFit, RidgeStart, can_learn_start, metric_from_hessian
 
 METHODS = {
     # name: (flow, solver) for GFE, None for the autoencoder
@@ -253,13 +253,15 @@ class Trainer:
     def refine_start(self, x, max_samples: int = 2000) -> RidgeStart:
         """Refit the saved start map on the latents the finished decoder gives the
         last `max_samples` of `x` (its training samples), encoded to convergence
-        with the evaluation settings from the training fit's map.
+        with the evaluation settings from the training fit's map, and give it the
+        inverse of the energy's mean Hessian there as the BFGS rule's first metric.
 
         Training flows stop early, so the training fit predicts loose latents of
-        earlier decoders; a map fitted to converged ones starts later encodings
-        nearer their end (MNIST: 27.5 instead of 44.5 evaluations per image to come
-        within 1% of the best loss, docs/benchmarks.md), for the cost of encoding
-        these samples once. Training itself is unchanged."""
+        earlier decoders, and a fresh BFGS metric knows nothing of the curvature;
+        started nearer their end and with that curvature, later encodings need far
+        fewer evaluations (MNIST: 15 instead of 44.5 per image to come within 1%
+        of the best loss, docs/benchmarks.md), for the cost of encoding these
+        samples once. Training itself is unchanged."""
         if self.start_fit is None:
             raise ConfigError("refine_start needs a learned start: TrainConfig(start='learned') with a GFE method "
                               f"on at most {MAX_FEATURES} features")
@@ -270,12 +272,20 @@ class Trainer:
         fit = RidgeFit(tuple(self.decoder.out_shape), self.decoder.latent_dim, memory=math.inf,
                        penalty=self.start_fit.penalty, refit_every=len(x) + 1)
         first = self.start_fit.fitted()
+        hessian, counted = 0.0, 0
         for lo in range(rows.start, rows.stop, REFINE_CHUNK):
             xb = self._batch(x, slice(lo, min(lo + REFINE_CHUNK, rows.stop)))
             z = self.eval_encoder(xb, first(xb, self.weights), self.weights).z
             fit.update(fit.rows(xb, z, self.weights))
-        self.refined_start = fit.fitted()
-        return self.refined_start
+            finite = torch.isfinite(z).all(1)  # (weights have the feature shape: they fit any rows)
+            hessian = hessian + self.eval_encoder.objective.mean_hessian(z[finite], xb[finite], self.weights) * int(
+                finite.sum())
+            counted += int(finite.sum())
+        refined = RidgeStart(self.decoder.out_shape, self.decoder.latent_dim, curvature=True)
+        refined.weight.copy_(fit.solution())
+        refined.metric.copy_(metric_from_hessian(hessian / max(counted, 1)))
+        self.refined_start = refined
+        return refined
 
     def _learn_start(self, x: torch.Tensor, z: torch.Tensor, batch_size: int) -> None:
         """Fold this batch's latents (all replicas' rows) into the start map's fit."""

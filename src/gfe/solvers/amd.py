@@ -14,7 +14,9 @@ Three step rules (`AMDOptions.step`):
   inverse curvature along the path, so flat directions are crossed in few steps.
 * `"bfgs"` (first-order flow): steps along `-H ∇E`, where `H` is each sample's own
   BFGS estimate of the inverse Hessian (dense, `d × d`; latents are small), tried
-  at full length first. It is the gradient flow in a learned metric: it has the
+  at full length first. It starts as `metric0` if given (e.g. the inverse of the
+  mean Hessian at converged latents that a refined start map carries,
+  `gfe.start`), else as a scaled identity. It is the gradient flow in a learned metric: it has the
   same stationary points and still lowers the loss at every accepted step, but it
   no longer follows the flow's path, so `t` counts step fractions, not flow time.
 
@@ -50,10 +52,13 @@ class AMDOptions:
     max_shrinks: int = 20
     sigma: float = 1e-5
     step: str = "flow"
+    metric0: torch.Tensor | None = None  # initial inverse-Hessian estimate (step "bfgs"), symmetric positive definite
 
     def __post_init__(self):
         if self.step not in STEPS:
             raise ConfigError(f"unknown AMD step rule {self.step!r}; expected one of {', '.join(STEPS)}")
+        if self.metric0 is not None:
+            _check_metric(self.metric0, self.step)
         if not (self.h0 > 0 and self.h_max > 0 and 0 < self.shrink < 1 and self.grow >= 1 and self.max_shrinks >= 0
                 and 0 <= self.sigma < 1):
             raise ConfigError(
@@ -74,8 +79,14 @@ def solve_amd(objective, flow, x, weights, y0, rule: StopRule, *, options: AMDOp
     active.shrinks = torch.zeros_like(active.steps)
     if o.step == "bfgs":
         eye = torch.eye(flow.latent_dim, dtype=y0.dtype, device=y0.device)
-        active.metric = (flow.alpha * eye).expand(len(active), -1, -1).clone()
-        active.fresh = torch.ones_like(active.steps, dtype=torch.bool)  # metric not yet learned
+        if o.metric0 is None:
+            active.metric = (flow.alpha * eye).expand(len(active), -1, -1).clone()
+            active.fresh = torch.ones_like(active.steps, dtype=torch.bool)  # metric not yet learned
+        else:
+            if o.metric0.shape != eye.shape:
+                raise ConfigError(f"metric0 has shape {tuple(o.metric0.shape)}; the latents need {tuple(eye.shape)}")
+            active.metric = o.metric0.to(eye).expand(len(active), -1, -1).clone()
+            active.fresh = torch.zeros_like(active.steps, dtype=torch.bool)
 
     def trial(active: ActiveSet, h: torch.Tensor) -> torch.Tensor:
         if o.step == "bfgs":
@@ -146,6 +157,18 @@ def solve_amd(objective, flow, x, weights, y0, rule: StopRule, *, options: AMDOp
         return torch.where(failed & ~precise, int(Status.STALLED), status)
 
     return integrate(active, flow, rule, step, stalled)
+
+
+def _check_metric(metric: torch.Tensor, step: str) -> None:
+    if step != "bfgs":
+        raise ConfigError(f"metric0 is the BFGS rule's initial metric; step is {step!r}, not 'bfgs'")
+    if not isinstance(metric, torch.Tensor) or metric.dim() != 2 or metric.shape[0] != metric.shape[1]:
+        raise ConfigError("metric0 must be a square matrix (a torch tensor of shape (latent_dim, latent_dim))")
+    m = metric.detach().double()
+    if not torch.isfinite(m).all() or not torch.allclose(m, m.T, rtol=1e-5, atol=1e-7 * float(m.abs().max())):
+        raise ConfigError("metric0 must be finite and symmetric")
+    if int(torch.linalg.cholesky_ex(m)[1]) != 0:
+        raise ConfigError("metric0 must be positive definite")
 
 
 def _bfgs_update(metric, s, y, sy, update, fresh):
