@@ -273,6 +273,8 @@ class Trainer:
                        penalty=self.start_fit.penalty, refit_every=len(x) + 1)
         first = self.start_fit.fitted()
         hessian, counted = 0.0, 0
+        bar = tqdm(total=len(rows), desc="refining the start map", unit="sample", disable=not self.progress,
+                   leave=False)
         for lo in range(rows.start, rows.stop, REFINE_CHUNK):
             xb = self._batch(x, slice(lo, min(lo + REFINE_CHUNK, rows.stop)))
             z = self.eval_encoder(xb, first(xb, self.weights), self.weights).z
@@ -281,6 +283,8 @@ class Trainer:
             hessian = hessian + self.eval_encoder.objective.mean_hessian(z[finite], xb[finite], self.weights) * int(
                 finite.sum())
             counted += int(finite.sum())
+            bar.update(len(xb))
+        bar.close()
         refined = RidgeStart(self.decoder.out_shape, self.decoder.latent_dim, curvature=True)
         refined.weight.copy_(fit.solution())
         refined.metric.copy_(metric_from_hessian(hessian / max(counted, 1)))
