@@ -193,12 +193,29 @@ def test_errors_on_use(X, fitted):
     ({"decoder": {"type": "mlp", "latent_dim": 4}}, ConfigError, r"sets \['latent_dim'\]"),
     ({"feature_shape": (4, 2)}, ConfigError, "feature_shape .* does not fit X's 6 features"),
     ({"random_state": -1}, ValueError, "Seed must be between"),
+    ({"encode_ahead": 0}, ConfigError, "encode_ahead must be a positive integer"),
+    ({"refine_start": "yes"}, ConfigError, "refine_start must be True or False"),
     ({"loss": "bce"}, DataError, r"the bce loss needs data in \[0, 1\]"),
 ])
 def test_bad_parameters_fail_in_fit_not_init(X, params, error, match):
     model = tiny(**params)  # scikit-learn's contract: __init__ only stores
     with pytest.raises(error, match=match):
         model.fit(X)
+
+
+def test_refined_start_and_encoding_ahead(X, tmp_path):
+    """`refine_start` gives `start_` the curvature where the flows end, and transform
+    (BFGS steps by default) then needs fewer evaluations; `encode_ahead` reaches the trainer."""
+    plain = tiny(encode_options={"gtol": 1e-4}, encode_ahead=2).fit(X)
+    refined = tiny(encode_options={"gtol": 1e-4}, encode_ahead=2, refine_start=True).fit(X)
+    assert plain.start_.metric is None and refined.start_.metric.shape == (2, 2)
+    assert refined._settings["train_config"]["encode_ahead"] == 2
+    assert torch.equal(refined.decoder_.net[0].weight, plain.decoder_.net[0].weight)  # training is unchanged
+    nfe = {name: float(model.encode(X).nfe.float().mean()) for name, model in (("plain", plain),
+                                                                                  ("refined", refined))}
+    assert nfe["refined"] < nfe["plain"], nfe
+    loaded = GFE.load(refined.save(tmp_path / "model"))
+    assert torch.equal(loaded.start_.metric, refined.start_.metric)
 
 
 def test_docstring_examples():

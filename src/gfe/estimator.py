@@ -65,6 +65,15 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     encode_options : dict, default=None
         Options for the flow, used in training and in transform, e.g.
         ``{"max_steps": 200, "gtol": 1e-4}`` (see `gfe.encode`).
+    encode_ahead : int, default=1
+        Batches encoded per flow call in training (`TrainConfig.encode_ahead`):
+        faster for small batches on a CPU, with latents up to
+        ``encode_ahead - 1`` updates stale.
+    refine_start : bool, default=False
+        After training, refit `start_` on converged latents of X and give it
+        their mean curvature as the first BFGS metric (`Trainer.refine_start`):
+        one more encoding of X in `fit`, fewer decoder evaluations in every
+        `transform` with ``{"step": "bfgs"}``, the default of "gfe-amd".
     random_state : int, RandomState or None, default=0
         Seeds the decoder's initial weights and the data order. Encodings use
         no randomness.
@@ -137,6 +146,8 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         optimizer=TrainConfig.optimizer,
         lr=TrainConfig.lr,
         encode_options=None,
+        encode_ahead=TrainConfig.encode_ahead,
+        refine_start=False,
         random_state=0,
         verbose=False,
     ):
@@ -150,6 +161,8 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.optimizer = optimizer
         self.lr = lr
         self.encode_options = encode_options
+        self.encode_ahead = encode_ahead
+        self.refine_start = refine_start
         self.random_state = random_state
         self.verbose = verbose
 
@@ -173,6 +186,8 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             decoder = self._build_decoder(config.latent_dim, shape)
             trainer = Trainer(config, shape, decoder=decoder, progress=bool(self.verbose))
             trainer.fit(X)
+            if self.refine_start:
+                trainer.refine_start(X, max_samples=len(X))
         self.decoder_ = trainer.decoder.eval()
         self.start_ = trainer.start_map()
         self._settings = trainer.settings()
@@ -191,13 +206,16 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 f"method {self.method!r} is the autoencoder baseline, which has an encoder; GFE fits "
                 f"the gradient-flow methods {[m for m, v in METHODS.items() if v]} "
                 "(train the baseline with gfe.train.Trainer)")
+        if not isinstance(self.refine_start, (bool, np.bool_)):
+            raise ConfigError(f"refine_start must be True or False; got {self.refine_start!r}")
         options = {} if self.encode_options is None else self.encode_options
         if not isinstance(options, dict):
             raise ConfigError(f"encode_options must be a dict or None; got {options!r}")
         return TrainConfig(
             method=self.method, latent_dim=_plain(self.latent_dim), epochs=_plain(self.epochs),
             batch_size=_plain(self.batch_size), optimizer=self.optimizer, lr=_plain(self.lr),
-            loss=self.loss, seed=self._seed(), encode_options=dict(options), eval_options=dict(options))
+            loss=self.loss, seed=self._seed(), encode_options=dict(options), eval_options=dict(options),
+            encode_ahead=_plain(self.encode_ahead))
 
     def _seed(self) -> int:
         """An int seed: `random_state` itself if it is one, else a draw from it."""
