@@ -98,13 +98,16 @@ def digits():
     return x[:500], x[500:700]
 
 
-@pytest.fixture(scope="module")
-def trained(digits):
-    config = TrainConfig(latent_dim=8, batch_size=5, seed=0)
+def train_on_digits(digits) -> Trainer:
     torch.manual_seed(0)
-    trainer = Trainer(config, (64,), progress=False)
+    trainer = Trainer(TrainConfig(latent_dim=8, batch_size=5, seed=0), (64,), progress=False)
     trainer.fit(digits[0])
     return trainer
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    return train_on_digits(digits)
 
 
 def test_the_learned_start_saves_evaluations_at_equal_loss(trained, digits):
@@ -119,10 +122,7 @@ def test_the_learned_start_saves_evaluations_at_equal_loss(trained, digits):
 @pytest.fixture(scope="module")
 def refined(digits):
     """A trainer whose start map was refined on 300 of its training samples."""
-    config = TrainConfig(latent_dim=8, batch_size=5, seed=0)
-    torch.manual_seed(0)
-    trainer = Trainer(config, (64,), progress=False)
-    trainer.fit(digits[0])
+    trainer = train_on_digits(digits)
     before = trainer.start_map()
     trainer.refine_start(digits[0], max_samples=300)
     return trainer, before
