@@ -98,7 +98,7 @@ def _add_train(sub) -> None:
     p.add_argument("--encode-ahead", type=int, default=1, metavar="K",
                    help="encode K batches in one flow call against the decoder before the first of them, then "
                         "update it batch by batch: latents up to K-1 updates stale, but small batches encode "
-                        "several times faster on a CPU (MNIST, batch 5: K=16 halves training time, "
+                        "several times faster on a CPU (MNIST, batch 5: K=16 trains 2.7x faster for +2%% test loss, "
                         "docs/benchmarks.md). gfe-* methods with --gradient approx")
     p.add_argument("--refine-start", action="store_true",
                    help="after training, refit the saved start map on converged latents of the last 2,000 "
