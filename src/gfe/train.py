@@ -77,6 +77,7 @@ CHECKPOINT_VERSION = 1
 CHECKPOINT_FILES = ("config.json", "weights.safetensors", "optimizer.safetensors", "trainer.json")
 ON_NONFINITE = ("stop", "skip")
 REFINE_CHUNK = 1024  # samples per flow call in `Trainer.refine_start`
+REFINE_SAMPLES = 2000  # training samples `Trainer.refine_start` encodes by default
 
 
 @dataclass
@@ -250,7 +251,15 @@ class Trainer:
             return self.refined_start
         return None if self.start_fit is None else self.start_fit.fitted()
 
-    def refine_start(self, x, max_samples: int = 2000) -> RidgeStart:
+    def check_refine_start(self) -> None:
+        """Raise `ConfigError` unless `refine_start` can run, e.g. before training."""
+        if self.start_fit is None:
+            raise ConfigError("refine_start needs a learned start: TrainConfig(start='learned') with a GFE method "
+                              f"on at most {MAX_FEATURES:,} features")
+        if self.replicas.world_size > 1:
+            raise ConfigError("refine_start runs in one process; refine a saved model's start after torchrun")
+
+    def refine_start(self, x, max_samples: int = REFINE_SAMPLES) -> RidgeStart:
         """Refit the saved start map on the latents the finished decoder gives the
         last `max_samples` of `x` (its training samples), encoded to convergence
         with the evaluation settings from the training fit's map, and give it the
@@ -262,11 +271,7 @@ class Trainer:
         fewer evaluations (MNIST: 15 instead of 44.5 per image to come within 1%
         of the best loss, docs/benchmarks.md), for the cost of encoding these
         samples once. Training itself is unchanged."""
-        if self.start_fit is None:
-            raise ConfigError("refine_start needs a learned start: TrainConfig(start='learned') with a GFE method "
-                              f"on at most {MAX_FEATURES} features")
-        if self.replicas.world_size > 1:
-            raise ConfigError("refine_start runs in one process; refine a saved model's start after torchrun")
+        self.check_refine_start()
         x = self._tensor(x)
         rows = range(max(0, len(x) - max_samples), len(x))
         fit = RidgeFit(tuple(self.decoder.out_shape), self.decoder.latent_dim, memory=math.inf,

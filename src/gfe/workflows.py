@@ -35,7 +35,7 @@ from .persist import atomic_path, file_sha256, load_model
 from .solvers import Status
 from .start import MAX_FEATURES, START_MODES
 from .tensorboard_log import TensorBoardLog
-from .train import TrainConfig, Trainer
+from .train import REFINE_SAMPLES, TrainConfig, Trainer
 
 DECODER_KINDS = {"mlp": MLPDecoder, "conv1d": Conv1dDecoder, "conv2d": Conv2dDecoder}
 CHECKPOINTS = "checkpoints"
@@ -73,8 +73,6 @@ def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_
     if not 0 <= val_fraction < 1:
         raise ConfigError(f"val_fraction must be in [0, 1); got {val_fraction}")
     check_normalisation(normalise, loss)
-    if refine_start and replicas.world_size > 1:
-        raise ConfigError("--refine-start runs in one process, not under torchrun")
     out = Path(out)
     checkpoints = out / CHECKPOINTS
     quiet = quiet or not replicas.is_writer
@@ -112,9 +110,8 @@ def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_
             trainer = Trainer(config, feature_shape, decoder=model, checkpoint_dir=checkpoints,
                               progress=progress, replicas=replicas, weights=inputs.mask)
 
-        if refine_start and trainer.start_fit is None:  # refused before training, not after
-            raise ConfigError("--refine-start needs a learned start: a gfe-* method with --start learned on at "
-                              "most 4,096 features")
+        if refine_start:  # refused before training, not after
+            trainer.check_refine_start()
 
         def report(_, record):
             _say(quiet, f"epoch {record.epoch}: train loss {record.train_loss:.4f}, validation loss "
@@ -127,7 +124,8 @@ def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_
             trainer.callbacks = (*trainer.callbacks, stack.enter_context(TensorBoardLog(tensorboard)))
         trainer.fit(x_train, x_val if n_val else None)
         if refine_start:
-            _say(quiet, f"refitting the start map on converged latents of {min(len(x_train), 2000)} training samples")
+            _say(quiet, f"refitting the start map on converged latents of {min(len(x_train), REFINE_SAMPLES)} "
+                        "training samples")
             trainer.refine_start(x_train)
     if not replicas.is_writer:
         return trainer

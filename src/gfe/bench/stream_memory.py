@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import torch
 
 from ..models import MLPDecoder
 from ..persist import save_model
+from .data_efficiency import machine
 
 MODES = ("stream", "whole")
 
@@ -86,8 +86,7 @@ def run(sizes=(10_000, 100_000), *, features: int = 256, latent_dim: int = 8, ma
         "settings": {"features": features, "latent_dim": latent_dim, "max_steps": max_steps,
                      "chunk_rows": chunk_rows, "output": ".h5", "decoder_hidden": [32]},
         "results": results,
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": 1,
-                    "cpu": platform.processor() or platform.machine()},
+        "machine": {**machine(), "threads": 1},  # the children run with OMP_NUM_THREADS=1
     }
 
 

@@ -16,9 +16,10 @@ Three step rules (`AMDOptions.step`):
   BFGS estimate of the inverse Hessian (dense, `d × d`; latents are small), tried
   at full length first. It starts as `metric0` if given (e.g. the inverse of the
   mean Hessian at converged latents that a refined start map carries,
-  `gfe.start`), else as a scaled identity. It is the gradient flow in a learned metric: it has the
-  same stationary points and still lowers the loss at every accepted step, but it
-  no longer follows the flow's path, so `t` counts step fractions, not flow time.
+  `gfe.start`), else as a scaled identity. It is the gradient flow in a learned
+  metric: it has the same stationary points and still lowers the loss at every
+  accepted step, but it no longer follows the flow's path, so `t` counts step
+  fractions, not flow time.
 
 For the second-order flow the momentum is dropped (an adaptive restart, as in
 O'Donoghue & Candès 2015) when it points uphill (`∇E·v > 0`) or when no step
