@@ -11,16 +11,19 @@ from gfe.bench.spectra import probe_r2
 from gfe.cli import main
 
 
-def test_bench_spectra_runs_end_to_end_and_writes_json_and_plots(tmp_path):
+def write_tiny_spectra(path, n=16, q=6, e=8):
     rng = np.random.default_rng(0)
-    n, q, e = 16, 6, 8
     centre = rng.uniform(2, 6, n)
     maps = np.exp(-0.5 * (np.arange(e) - centre[:, None, None]) ** 2) * (1 + np.arange(q)[None, :, None])
-    with h5py.File(tmp_path / "ins.h5", "w") as f:
+    with h5py.File(path, "w") as f:
         f["spectra"] = maps.astype(np.float32) + 0.01
         f["q_grid"], f["e_grid"] = np.linspace(1, 6, q), np.linspace(2, 50, e)
         f["labels"] = np.column_stack([np.zeros(n), centre])
         f["labels"].attrs["label_names"] = ["family", "centre"]
+
+
+def test_bench_spectra_runs_end_to_end_and_writes_json_and_plots(tmp_path):
+    write_tiny_spectra(tmp_path / "ins.h5")
     out = tmp_path / "bench" / "spectra.json"
     assert main(["bench", "spectra", "--data", str(tmp_path / "ins.h5"), "--samples", "3,5", "--n-test", "8",
                  "--latent-dim", "2", "--epochs", "1", "--json", str(out), "--quiet"]) == 0
@@ -31,6 +34,23 @@ def test_bench_spectra_runs_end_to_end_and_writes_json_and_plots(tmp_path):
         assert np.isfinite(row["test_mse"]) and set(row["probe_r2"]) == {"centre"}  # family is categorical
     assert {p.name for p in out.parent.glob("*.png")} == {
         "spectra_error.png", "spectra_probe_r2.png", "spectra_reconstructions.png"}
+
+
+def test_bench_spectra_repeats_seeds_and_regularises_every_neural_method(tmp_path):
+    write_tiny_spectra(tmp_path / "ins.h5")
+    out = tmp_path / "spectra.json"
+    assert main(["bench", "spectra", "--data", str(tmp_path / "ins.h5"), "--samples", "5", "--n-test", "8",
+                 "--latent-dim", "2", "--epochs", "1", "--methods", "gfe-amd,pca", "--seeds", "0,1",
+                 "--latent-penalty", "0.01", "--latent-noise", "0.5", "--json", str(out), "--quiet"]) == 0
+    result = json.loads(out.read_text())
+    assert result["seeds"] == [0, 1] and result["latent_penalty"] == 0.01 and result["latent_noise"] == 0.5
+    rows = {(r["method"], r["seed"]): r for r in result["results"]}
+    assert set(rows) == {(m, s) for m in ("gfe-amd", "pca") for s in (0, 1)}
+    assert rows["gfe-amd", 0]["test_mse"] != rows["gfe-amd", 1]["test_mse"]  # the seed changes training
+    assert rows["pca", 0]["test_mse"] == rows["pca", 1]["test_mse"]
+    summary = {r["method"]: r for r in result["summary"]}
+    assert summary["gfe-amd"]["seeds"] == 2
+    assert summary["gfe-amd"]["test_mse"] == np.mean([rows["gfe-amd", s]["test_mse"] for s in (0, 1)])
 
 
 def test_probe_r2_is_one_for_latents_that_hold_the_labels_and_low_for_noise():

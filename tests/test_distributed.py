@@ -27,8 +27,9 @@ from gfe.workflows import train_model
 # SGD, because Adam and RMSprop divide by the root of the squared gradient: for
 # parameters whose gradient is ~0 they turn rounding noise into full-size steps.
 # Two batches are encoded per flow call (encode_ahead), so the groups are 5 + 5 and 1.
+# The decoder trains on noisy latents: each replica must draw its rows' share of the batch's noise.
 TRAIN = dict(epochs=2, latent_dim=3, batch_size=5, optimizer="sgd", lr=0.5, val_fraction=0.2,
-             encode_options={"max_steps": 20}, encode_ahead=2)
+             encode_options={"max_steps": 20}, encode_ahead=2, latent_noise=0.3, latent_penalty=0.01)
 SRC = Path(gfe.__file__).resolve().parents[1]
 
 

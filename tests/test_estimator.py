@@ -195,12 +195,21 @@ def test_errors_on_use(X, fitted):
     ({"random_state": -1}, ValueError, "Seed must be between"),
     ({"encode_ahead": 0}, ConfigError, "encode_ahead must be a positive integer"),
     ({"refine_start": "yes"}, ConfigError, "refine_start must be True or False"),
+    ({"latent_penalty": -1.0}, ConfigError, "latent_penalty must be a finite number >= 0"),
     ({"loss": "bce"}, DataError, r"the bce loss needs data in \[0, 1\]"),
 ])
 def test_bad_parameters_fail_in_fit_not_init(X, params, error, match):
     model = tiny(**params)  # scikit-learn's contract: __init__ only stores
     with pytest.raises(error, match=match):
         model.fit(X)
+
+
+def test_latent_regularisation_reaches_training_and_transform(X):
+    free = tiny().fit(X)
+    regularised = tiny(latent_penalty=0.5, latent_noise=0.2).fit(X)
+    assert regularised._settings["train_config"]["latent_noise"] == 0.2
+    assert regularised._settings["encode"]["penalty_weight"] == 0.5
+    assert np.square(regularised.transform(X)).sum(1).mean() < np.square(free.transform(X)).sum(1).mean()
 
 
 def test_refined_start_and_encoding_ahead(X, tmp_path):

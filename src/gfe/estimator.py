@@ -74,6 +74,10 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         their mean curvature as the first BFGS metric (`Trainer.refine_start`):
         one more encoding of X in `fit`, fewer decoder evaluations in every
         `transform` with ``{"step": "bfgs"}``, the default of "gfe-amd".
+    latent_penalty, latent_noise : float, default=0.0
+        An L2 prior on the latents (in training and in transform) and Gaussian
+        noise on the decoder's training latents (`TrainConfig`): bounded,
+        smoother latent spaces for downstream linear models.
     random_state : int, RandomState or None, default=0
         Seeds the decoder's initial weights and the data order. Encodings use
         no randomness.
@@ -148,6 +152,8 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         encode_options=None,
         encode_ahead=TrainConfig.encode_ahead,
         refine_start=False,
+        latent_penalty=TrainConfig.latent_penalty,
+        latent_noise=TrainConfig.latent_noise,
         random_state=0,
         verbose=False,
     ):
@@ -163,6 +169,8 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.encode_options = encode_options
         self.encode_ahead = encode_ahead
         self.refine_start = refine_start
+        self.latent_penalty = latent_penalty
+        self.latent_noise = latent_noise
         self.random_state = random_state
         self.verbose = verbose
 
@@ -215,7 +223,8 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             method=self.method, latent_dim=_plain(self.latent_dim), epochs=_plain(self.epochs),
             batch_size=_plain(self.batch_size), optimizer=self.optimizer, lr=_plain(self.lr),
             loss=self.loss, seed=self._seed(), encode_options=dict(options), eval_options=dict(options),
-            encode_ahead=_plain(self.encode_ahead))
+            encode_ahead=_plain(self.encode_ahead), latent_penalty=_plain(self.latent_penalty),
+            latent_noise=_plain(self.latent_noise))
 
     def _seed(self) -> int:
         """An int seed: `random_state` itself if it is one, else a draw from it."""

@@ -96,7 +96,14 @@ class TrainConfig:
     them, then each updates the decoder in turn: a batch's latents are up to
     `encode_ahead - 1` updates stale, but each decoder evaluation serves several
     batches, which on a CPU costs little more than one (approximate gradient only;
-    docs/benchmarks.md measures the trade)."""
+    docs/benchmarks.md measures the trade). `latent_penalty` (β) adds an L2 prior
+    β·|z|² to the latents' energy: GFE flows minimise it in training and in the
+    saved encoding settings (unless options name another penalty), the
+    autoencoder adds it to its training loss. `latent_noise` (σ) trains the
+    decoder on `z + σ·ε` instead of `z` (ε standard normal, seeded by seed, epoch
+    and batch, so resume and DDP replay it): a decoder smooth at that scale, whose
+    latents a linear model reads better (docs/spectra.md). Together they are the
+    deterministic analogue of a VAE's prior and posterior noise."""
 
     method: str = "gfe-amd"
     latent_dim: int = 20
@@ -112,6 +119,8 @@ class TrainConfig:
     on_nonfinite: str = "stop"
     start: str = "learned"
     encode_ahead: int = 1
+    latent_penalty: float = 0.0
+    latent_noise: float = 0.0
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -124,6 +133,13 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a positive integer; got {value!r}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0; got {self.lr}")
+        for name in ("latent_penalty", "latent_noise"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < math.inf:
+                raise ConfigError(f"{name} must be a finite number >= 0; got {value!r}")
+        if self.latent_noise > 0 and self.gradient != "approx":
+            raise ConfigError(f"latent_noise needs the approximate gradient: gradient={self.gradient!r} "
+                              "differentiates the decoder at the converged latents themselves")
         if self.on_nonfinite not in ON_NONFINITE:
             raise ConfigError(f"on_nonfinite must be one of {', '.join(ON_NONFINITE)}; got {self.on_nonfinite!r}")
         if self.start not in START_MODES:
@@ -147,7 +163,8 @@ class TrainConfig:
         flow, solver = METHODS[self.method] or ("first", "amd")
         defaults = METHOD_DEFAULTS[self.method][0 if training else 1]
         options = self.encode_options if training else self.eval_options
-        return {"flow": flow, "solver": solver, "loss": self.loss, **defaults, **options}
+        prior = {"penalty": "l2", "penalty_weight": float(self.latent_penalty)} if self.latent_penalty else {}
+        return {"flow": flow, "solver": solver, "loss": self.loss, **defaults, **prior, **options}
 
 
 @dataclass
@@ -296,6 +313,17 @@ class Trainer:
         self.refined_start = refined
         return refined
 
+    def _latent_noise(self, epoch: int, batch: int, batch_size: int, z: torch.Tensor) -> torch.Tensor | float:
+        """`latent_noise` times standard normal noise for this replica's rows of a
+        batch, drawn for the whole batch from a generator seeded by (seed, epoch,
+        batch): the same whatever the replica split, and replayed on resume."""
+        if not self.config.latent_noise:
+            return 0.0
+        seed = int(np.random.SeedSequence([self.config.seed, epoch, batch]).generate_state(1)[0])
+        noise = torch.randn((batch_size, z.shape[1]), generator=torch.Generator().manual_seed(seed),
+                            dtype=torch.float64)
+        return self.config.latent_noise * noise[self.replicas.rows(batch_size)].to(z)
+
     def _learn_start(self, x: torch.Tensor, z: torch.Tensor, batch_size: int) -> None:
         """Fold this batch's latents (all replicas' rows) into the start map's fit."""
         if self.start_fit is not None:
@@ -356,8 +384,11 @@ class Trainer:
                     summed, z, s, n = self._exact_gradients(mine)
                 else:
                     z, s, n = latents
-                    output = self.update_decoder(z.detach() if self.encoder is None else z)
+                    z_in = z.detach() if self.encoder is None else z
+                    output = self.update_decoder(z_in + self._latent_noise(epoch, batch, len(xb), z))
                     summed = self.loss(output, mine, z, self.weights).sum()
+                    if self.encoder is not None and self.config.latent_penalty:
+                        summed = summed + self.config.latent_penalty * z.square().sum()
                 self._learn_start(mine, z.detach(), len(xb))
                 steps, nfe = steps + s, nfe + n
                 self.batch_log.append((epoch + 1, len(mine), s, n))

@@ -50,7 +50,7 @@ def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_
                 optimizer="rmsprop", lr=5e-4, loss="bce", val_fraction=0.1, seed=0, encode_options=None,
                 normalise="none", resume=False, quiet=False, tensorboard=None, gradient="approx", on_nonfinite="stop",
                 start="learned", encode_ahead=1, refine_start=False, lazy=False,
-                replicas: Replicas = Replicas()) -> Trainer:
+                latent_penalty=0.0, latent_noise=0.0, replicas: Replicas = Replicas()) -> Trainer:
     """Train on the samples in `data` and write the model directory `out`.
 
     Checkpoints go to `out/checkpoints`; with `resume`, the run there continues
@@ -67,6 +67,8 @@ def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_
     for data larger than memory; the run is the same, bit for bit. With
     `refine_start`, the saved start map is refitted on converged latents of the
     training samples (`Trainer.refine_start`; one process only).
+    `latent_penalty` and `latent_noise` regularise the latent space
+    (`TrainConfig`).
     """
     if decoder not in DECODER_KINDS:
         raise ConfigError(f"unknown decoder {decoder!r}; expected one of {', '.join(DECODER_KINDS)}")
@@ -104,7 +106,8 @@ def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_
             config = TrainConfig(method=method, latent_dim=latent_dim, epochs=epochs, batch_size=batch_size,
                                  optimizer=optimizer, lr=lr, loss=loss, seed=seed,
                                  encode_options=dict(encode_options or {}), gradient=gradient,
-                                 on_nonfinite=on_nonfinite, start=start, encode_ahead=encode_ahead)
+                                 on_nonfinite=on_nonfinite, start=start, encode_ahead=encode_ahead,
+                                 latent_penalty=latent_penalty, latent_noise=latent_noise)
             torch.manual_seed(seed)
             model = DECODER_KINDS[decoder](latent_dim, feature_shape)
             trainer = Trainer(config, feature_shape, decoder=model, checkpoint_dir=checkpoints,

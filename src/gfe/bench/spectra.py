@@ -1,16 +1,18 @@
 """GFE versus the autoencoder versus PCA on INS spectra, at equal latent size.
 
 Protocol: spectra are normalised per sample to unit mean (over the file's mask);
-a fixed random test set is held out; for each training size N every neural
-method trains the same convolutional decoder (same initial weights, same sample
-order) for `epochs` passes. On the test set we report the reconstruction MSE
-(of normalised spectra, masked pixels excluded), the cross-validated R² of a
-ridge regression from test latents to each continuous generating parameter
-(how much physics the latent holds), and wall times for training and encoding.
+a fixed random test set is held out; for each training size N and training seed
+every neural method trains the same convolutional decoder (same initial weights,
+same sample order, the same `latent_penalty` and `latent_noise`) for `epochs`
+passes. On the test set we report the reconstruction MSE (of normalised spectra,
+masked pixels excluded), the cross-validated R² of a ridge regression from test
+latents to each continuous generating parameter (how much physics the latent
+holds), and wall times for training and encoding; `summary` averages the seeds.
 """
 
 from __future__ import annotations
 
+import itertools
 import platform
 import time
 from pathlib import Path
@@ -34,9 +36,10 @@ from ..train import TrainConfig, Trainer
 METHODS = ("gfe-amd", "gfe-nesterov", "ae", "pca")
 CATEGORICAL_LABELS = ("family",)  # an index, not a quantity: left out of the ridge probe
 PROBE_ALPHAS = np.logspace(-3, 4, 15)
+PROBE_FOLDS = 5
 
 
-def probe_r2(z: np.ndarray, labels: np.ndarray, names, *, folds: int = 5, seed: int = 0) -> dict[str, float]:
+def probe_r2(z: np.ndarray, labels: np.ndarray, names, *, folds: int = PROBE_FOLDS, seed: int = 0) -> dict[str, float]:
     """Cross-validated R² of ridge regression (standardised latents) per label.
     The ridge penalty is chosen inside each training fold (leave-one-out over a
     log grid): a fixed one lets a few far-out latents swing the fit, which says
@@ -58,12 +61,14 @@ def _masked_mse(recon: np.ndarray, x: np.ndarray, mask) -> float:
     return float(np.mean(((recon - x) ** 2 * w).reshape(len(x), -1).sum(1) / w.sum()))
 
 
-def _neural(method, x_train, x_test, mask, *, latent_dim, epochs, batch_size, lr, seed):
+def _neural(method, x_train, x_test, mask, *, latent_dim, epochs, batch_size, lr, seed, latent_penalty,
+            latent_noise):
     decoder_class = Conv2dDecoder if x_train.ndim == 3 else Conv1dDecoder
     torch.manual_seed(seed)
     decoder = decoder_class(latent_dim, x_train.shape[1:], channels=(32, 16, 8))
     config = TrainConfig(method=method, latent_dim=latent_dim, epochs=epochs, batch_size=batch_size,
-                         optimizer="adam", lr=lr, loss="mse", seed=seed)
+                         optimizer="adam", lr=lr, loss="mse", seed=seed,
+                         latent_penalty=latent_penalty, latent_noise=latent_noise)
     trainer = Trainer(config, x_train.shape[1:], decoder=decoder, progress=False, weights=mask)
     start = time.perf_counter()
     trainer.fit(x_train)
@@ -93,12 +98,16 @@ def _pca(x_train, x_test, *, latent_dim):
     return z, recon, train_seconds, encode_seconds
 
 
-def run(data, samples: list[int], *, methods=METHODS, n_test: int = 100, latent_dim: int = 8, epochs: int = 5,
-        batch_size: int = 5, lr: float = 1e-3, seed: int = 0, plots=None, progress: bool = True) -> dict:
-    """Run the benchmark on the spectra file `data`; write PNGs into `plots` if given."""
+def run(data, samples: list[int], *, methods=METHODS, n_test: int = 500, latent_dim: int = 8, epochs: int = 20,
+        batch_size: int = 5, lr: float = 1e-3, seeds=(0,), latent_penalty: float = 0.0, latent_noise: float = 0.0,
+        plots=None, progress: bool = True) -> dict:
+    """Run the benchmark on the spectra file `data`; write PNGs into `plots` if given.
+    The test set is drawn once (seed 0); `seeds` seed the neural methods' training."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"unknown methods {unknown}; expected some of {', '.join(METHODS)}")
+    if not seeds:
+        raise ConfigError("seeds must name at least one training seed")
     spectra = load_spectra(data)
     if spectra.labels is None:
         raise DataError(f"{data} has no labels (generating parameters); the latent probe needs them")
@@ -106,47 +115,66 @@ def run(data, samples: list[int], *, methods=METHODS, n_test: int = 100, latent_
         raise DataError(f"{data} holds {len(spectra.x)} spectra; {max(samples)} training and {n_test} test "
                         "spectra were asked for")
     x, _ = normalise(spectra.x, "mean", spectra.mask)
-    order = np.random.default_rng(seed).permutation(len(x))
+    order = np.random.default_rng(0).permutation(len(x))
     test, pool = order[:n_test], order[n_test:]
     x_test, y_test = x[test], spectra.labels[test]
     results, shown = [], {}
-    for n in samples:
+    for n, seed, method in itertools.product(samples, seeds, methods):
         x_train = x[pool[:n]]
-        for method in methods:
-            if method == "pca":
-                z, recon, train_s, encode_s = _pca(x_train, x_test, latent_dim=latent_dim)
-            else:
-                z, recon, train_s, encode_s = _neural(method, x_train, x_test, spectra.mask, latent_dim=latent_dim,
-                                                      epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-            r2 = probe_r2(z, y_test, spectra.label_names, seed=seed)
-            row = {"method": method, "samples": n, "test_mse": _masked_mse(recon, x_test, spectra.mask),
-                   "probe_r2_mean": float(np.mean(list(r2.values()))), "probe_r2": r2,
-                   "train_seconds": train_s, "test_encode_seconds": encode_s}
-            results.append(row)
-            if n == max(samples):
-                shown[method] = recon
-            if progress:
-                print(f"{method:>13} N={n:<5} test MSE {row['test_mse']:.4f}  probe R² {row['probe_r2_mean']:.3f}  "
-                      f"train {train_s:7.2f} s  encode {encode_s:6.2f} s", flush=True)
+        if method == "pca":
+            z, recon, train_s, encode_s = _pca(x_train, x_test, latent_dim=latent_dim)
+        else:
+            z, recon, train_s, encode_s = _neural(method, x_train, x_test, spectra.mask, latent_dim=latent_dim,
+                                                  epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                                                  latent_penalty=latent_penalty, latent_noise=latent_noise)
+        r2 = probe_r2(z, y_test, spectra.label_names)
+        row = {"method": method, "samples": n, "seed": seed, "test_mse": _masked_mse(recon, x_test, spectra.mask),
+               "probe_r2_mean": float(np.mean(list(r2.values()))), "probe_r2": r2,
+               "train_seconds": train_s, "test_encode_seconds": encode_s}
+        results.append(row)
+        if n == max(samples) and seed == seeds[0]:
+            shown[method] = recon
+        if progress:
+            print(f"{method:>13} N={n:<5} seed {seed}  test MSE {row['test_mse']:.4f}  probe R² "
+                  f"{row['probe_r2_mean']:.3f}  train {train_s:7.2f} s  encode {encode_s:6.2f} s", flush=True)
+    summary = _summary(results)
     if plots is not None:
-        _plot(results, methods, x_test, shown, Path(plots), max(samples))
+        _plot(summary, methods, x_test, shown, Path(plots), max(samples))
     return {
         "benchmark": "spectra", "data": str(data), "kind": spectra.kind, "shape": list(x.shape[1:]),
         "n_test": n_test, "latent_dim": latent_dim, "epochs": epochs, "batch_size": batch_size,
-        "optimizer": "adam", "lr": lr, "loss": "mse on per-sample mean-normalised spectra", "seed": seed,
-        "probe": "5-fold CV ridge (alpha 1, standardised latents) on the test latents; mean over continuous labels",
+        "optimizer": "adam", "lr": lr, "loss": "mse on per-sample mean-normalised spectra", "seeds": list(seeds),
+        "latent_penalty": latent_penalty, "latent_noise": latent_noise,
+        "probe": f"{PROBE_FOLDS}-fold CV ridge (standardised latents, penalty chosen inside each fold by RidgeCV) "
+                 "on the test latents; mean over continuous labels",
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()},
-        "results": results,
+        "results": results, "summary": summary,
     }
 
 
-def _plot(results, methods, x_test, shown, folder: Path, n_max: int) -> None:
+def _summary(results: list[dict]) -> list[dict]:
+    """Mean and standard deviation over seeds of each method and training size."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in results:
+        groups.setdefault((row["method"], row["samples"]), []).append(row)
+    summary = []
+    for (method, n), rows in groups.items():
+        entry = {"method": method, "samples": n, "seeds": len(rows)}
+        for key in ("test_mse", "probe_r2_mean", "train_seconds"):
+            values = [r[key] for r in rows]
+            entry[key], entry[f"{key}_std"] = float(np.mean(values)), float(np.std(values))
+        entry["probe_r2"] = {name: float(np.mean([r["probe_r2"][name] for r in rows])) for name in rows[0]["probe_r2"]}
+        summary.append(entry)
+    return summary
+
+
+def _plot(summary, methods, x_test, shown, folder: Path, n_max: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for key, label, name in (("test_mse", "test MSE (normalised spectra)", "spectra_error.png"),
                              ("probe_r2_mean", "probe R² (ridge, CV)", "spectra_probe_r2.png")):
-        curves = {m: ([r["samples"] for r in results if r["method"] == m],
-                      [r[key] for r in results if r["method"] == m]) for m in methods}
+        curves = {m: ([r["samples"] for r in summary if r["method"] == m],
+                      [r[key] for r in summary if r["method"] == m]) for m in methods}
         plot_curves(curves, folder / name, xlabel="training spectra", ylabel=label, logx=True)
     plot_reconstructions(x_test, shown, folder / "spectra_reconstructions.png", n=6,
                          title=f"test spectra and reconstructions (N = {n_max})")
