@@ -32,8 +32,9 @@ def test_bench_spectra_runs_end_to_end_and_writes_json_and_plots(tmp_path):
     assert rows == {(m, s) for m in ("gfe-amd", "gfe-nesterov", "ae", "pca") for s in (3, 5)}
     for row in result["results"]:
         assert np.isfinite(row["test_mse"]) and set(row["probe_r2"]) == {"centre"}  # family is categorical
+        assert set(row["probe_knn_r2"]) == {"centre"}
     assert {p.name for p in out.parent.glob("*.png")} == {
-        "spectra_error.png", "spectra_probe_r2.png", "spectra_reconstructions.png"}
+        "spectra_error.png", "spectra_probe_r2.png", "spectra_probe_knn_r2.png", "spectra_reconstructions.png"}
 
 
 def test_bench_spectra_repeats_seeds_and_regularises_every_neural_method(tmp_path):
@@ -60,3 +61,13 @@ def test_probe_r2_is_one_for_latents_that_hold_the_labels_and_low_for_noise():
     good = probe_r2(z, y, ["a", "b"])
     noise = probe_r2(rng.normal(size=(200, 3)), y, ["a", "b"])
     assert min(good.values()) > 0.99 and max(noise.values()) < 0.1
+
+
+def test_knn_probe_finds_labels_held_nonlinearly_that_ridge_misses():
+    rng = np.random.default_rng(2)
+    y = rng.uniform(0, 1, size=(400, 1))
+    turn = 6 * np.pi * y[:, 0]
+    z = np.column_stack([(1 + turn) * np.cos(turn), (1 + turn) * np.sin(turn)])  # a spiral: y has no linear readout
+    assert probe_r2(z, y, ["a"], model="knn")["a"] > 0.95
+    assert probe_r2(z, y, ["a"])["a"] < 0.2
+    assert probe_r2(rng.normal(size=(400, 2)), y, ["a"], model="knn")["a"] < 0.1

@@ -22,6 +22,7 @@ import torch
 from sklearn.decomposition import PCA
 from sklearn.linear_model import RidgeCV
 from sklearn.model_selection import cross_val_score
+from sklearn.neighbors import KNeighborsRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -37,22 +38,28 @@ METHODS = ("gfe-amd", "gfe-nesterov", "ae", "pca")
 CATEGORICAL_LABELS = ("family",)  # an index, not a quantity: left out of the ridge probe
 PROBE_ALPHAS = np.logspace(-3, 4, 15)
 PROBE_FOLDS = 5
+PROBE_NEIGHBOURS = 10
 
 
-def probe_r2(z: np.ndarray, labels: np.ndarray, names, *, folds: int = PROBE_FOLDS, seed: int = 0) -> dict[str, float]:
-    """Cross-validated R² of ridge regression (standardised latents) per label.
-    The ridge penalty is chosen inside each training fold (leave-one-out over a
-    log grid): a fixed one lets a few far-out latents swing the fit, which says
-    more about the penalty than about what the latents hold."""
+def probe_r2(z: np.ndarray, labels: np.ndarray, names, *, folds: int = PROBE_FOLDS, seed: int = 0,
+             model: str = "ridge") -> dict[str, float]:
+    """Cross-validated R² per label of a regression from standardised latents.
+    "ridge" (the benchmark's probe: how linearly the latents hold the physics)
+    chooses its penalty inside each training fold (leave-one-out over a log
+    grid): a fixed one lets a few far-out latents swing the fit, which says more
+    about the penalty than about what the latents hold. "knn" (10 nearest
+    neighbours) asks whether the latents hold it at all, linearly or not."""
     folds = min(folds, len(z))
+    cv = np.random.default_rng(seed).permutation(len(z)) % folds  # fixed, shuffled folds
+    splits = [(np.flatnonzero(cv != k), np.flatnonzero(cv == k)) for k in range(folds)]
     scores = {}
     for name, y in zip(names, labels.T):
         if name in CATEGORICAL_LABELS or np.ptp(y) == 0:
             continue
-        model = make_pipeline(StandardScaler(), RidgeCV(alphas=PROBE_ALPHAS))
-        cv = np.random.default_rng(seed).permutation(len(z)) % folds  # fixed, shuffled folds
-        splits = [(np.flatnonzero(cv != k), np.flatnonzero(cv == k)) for k in range(folds)]
-        scores[name] = float(np.mean(cross_val_score(model, z, y, cv=splits, scoring="r2")))
+        regressor = (RidgeCV(alphas=PROBE_ALPHAS) if model == "ridge"
+                     else KNeighborsRegressor(n_neighbors=min(PROBE_NEIGHBOURS, len(splits[0][0]))))
+        scores[name] = float(np.mean(cross_val_score(make_pipeline(StandardScaler(), regressor), z, y, cv=splits,
+                                                     scoring="r2")))
     return scores
 
 
@@ -128,15 +135,18 @@ def run(data, samples: list[int], *, methods=METHODS, n_test: int = 500, latent_
                                                   epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                                                   latent_penalty=latent_penalty, latent_noise=latent_noise)
         r2 = probe_r2(z, y_test, spectra.label_names)
+        knn = probe_r2(z, y_test, spectra.label_names, model="knn")
         row = {"method": method, "samples": n, "seed": seed, "test_mse": _masked_mse(recon, x_test, spectra.mask),
                "probe_r2_mean": float(np.mean(list(r2.values()))), "probe_r2": r2,
+               "probe_knn_r2_mean": float(np.mean(list(knn.values()))), "probe_knn_r2": knn,
                "train_seconds": train_s, "test_encode_seconds": encode_s}
         results.append(row)
         if n == max(samples) and seed == seeds[0]:
             shown[method] = recon
         if progress:
             print(f"{method:>13} N={n:<5} seed {seed}  test MSE {row['test_mse']:.4f}  probe R² "
-                  f"{row['probe_r2_mean']:.3f}  train {train_s:7.2f} s  encode {encode_s:6.2f} s", flush=True)
+                  f"{row['probe_r2_mean']:.3f} (kNN {row['probe_knn_r2_mean']:.3f})  train {train_s:7.2f} s  "
+                  f"encode {encode_s:6.2f} s", flush=True)
     summary = _summary(results)
     if plots is not None:
         _plot(summary, methods, x_test, shown, Path(plots), max(samples))
@@ -146,7 +156,8 @@ def run(data, samples: list[int], *, methods=METHODS, n_test: int = 500, latent_
         "optimizer": "adam", "lr": lr, "loss": "mse on per-sample mean-normalised spectra", "seeds": list(seeds),
         "latent_penalty": latent_penalty, "latent_noise": latent_noise,
         "probe": f"{PROBE_FOLDS}-fold CV ridge (standardised latents, penalty chosen inside each fold by RidgeCV) "
-                 "on the test latents; mean over continuous labels",
+                 "on the test latents; mean over continuous labels. probe_knn: the same folds with "
+                 f"{PROBE_NEIGHBOURS}-nearest-neighbour regression (nonlinear)",
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()},
         "results": results, "summary": summary,
@@ -161,10 +172,11 @@ def _summary(results: list[dict]) -> list[dict]:
     summary = []
     for (method, n), rows in groups.items():
         entry = {"method": method, "samples": n, "seeds": len(rows)}
-        for key in ("test_mse", "probe_r2_mean", "train_seconds"):
+        for key in ("test_mse", "probe_r2_mean", "probe_knn_r2_mean", "train_seconds"):
             values = [r[key] for r in rows]
             entry[key], entry[f"{key}_std"] = float(np.mean(values)), float(np.std(values))
-        entry["probe_r2"] = {name: float(np.mean([r["probe_r2"][name] for r in rows])) for name in rows[0]["probe_r2"]}
+        for key in ("probe_r2", "probe_knn_r2"):
+            entry[key] = {name: float(np.mean([r[key][name] for r in rows])) for name in rows[0][key]}
         summary.append(entry)
     return summary
 
@@ -172,7 +184,9 @@ def _summary(results: list[dict]) -> list[dict]:
 def _plot(summary, methods, x_test, shown, folder: Path, n_max: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for key, label, name in (("test_mse", "test MSE (normalised spectra)", "spectra_error.png"),
-                             ("probe_r2_mean", "probe R² (ridge, CV)", "spectra_probe_r2.png")):
+                             ("probe_r2_mean", "probe R² (ridge, CV)", "spectra_probe_r2.png"),
+                             ("probe_knn_r2_mean", "probe R² (10 nearest neighbours, CV)",
+                              "spectra_probe_knn_r2.png")):
         curves = {m: ([r["samples"] for r in summary if r["method"] == m],
                       [r[key] for r in summary if r["method"] == m]) for m in methods}
         plot_curves(curves, folder / name, xlabel="training spectra", ylabel=label, logx=True)
