@@ -40,26 +40,23 @@ GRADIENTS = ("approx", "adjoint", "unrolled")
 FLOW_SOLVERS = ("amd", "euler", "rk4", "dopri5")
 
 
-def _tableau(a, b, c) -> tuple[list[list[float]], list[float], list[float]]:
-    return [list(map(float, row)) for row in a], list(map(float, b)), list(map(float, c))
-
-
 @functools.cache
-def _dopri5():
-    """torchode's Dormand-Prince tableau without the last stage (weight 0, used only
-    for the error estimate), so a replayed step is the step the solver took."""
-    import torchode  # imported on use: see gfe.solvers.adaptive
+def _tableau(method: str) -> tuple[list[list[float]], list[float], list[float]]:
+    """The Runge-Kutta tableau `(A, b, c)` of `method`, built once. torchode is imported
+    only here, so that importing gfe does not import it (see gfe.solvers.adaptive);
+    dopri5 drops its last stage (weight 0, used only for the error estimate), so a
+    replayed step is the step the solver took."""
+    if method == "euler":
+        a, b, c = [[0]], [1], [0]
+    elif method == "rk4":
+        a = [[0, 0, 0, 0], [0.5, 0, 0, 0], [0, 0.5, 0, 0], [0, 0, 1, 0]]
+        b, c = [1 / 6, 1 / 3, 1 / 3, 1 / 6], [0, 0.5, 0.5, 1]
+    else:  # dopri5
+        import torchode
 
-    t = torchode.Dopri5().tableau
-    return _tableau(t.a[:6, :6].tolist(), t.b[:6].tolist(), t.c[:6].tolist())
-
-
-TABLEAUX = {
-    "euler": lambda: _tableau([[0]], [1], [0]),
-    "rk4": lambda: _tableau([[0, 0, 0, 0], [0.5, 0, 0, 0], [0, 0.5, 0, 0], [0, 0, 1, 0]],
-                            [1 / 6, 1 / 3, 1 / 3, 1 / 6], [0, 0.5, 0.5, 1]),
-    "dopri5": _dopri5,
-}  # built on use, so that importing gfe does not import torchode
+        t = torchode.Dopri5().tableau
+        a, b, c = t.a[:6, :6].tolist(), t.b[:6].tolist(), t.c[:6].tolist()
+    return [list(map(float, row)) for row in a], list(map(float, b)), list(map(float, c))
 
 
 def check_gradient(gradient: str, solver: str, step: str = "flow") -> None:
@@ -215,7 +212,7 @@ class _Sweep:
             at_end = 0.0 if self.gradient == "unrolled" else self.flow.latent(y_after - y_before)
             out = self.flow.descent_step(y, self._grad_energy(y, rows, at_end), s.to(y.dtype), h_)
         else:
-            A, b, c = TABLEAUX[self.method]()
+            A, b, c = _tableau(self.method)
             k = []
             for i in range(len(b)):
                 yi = y + h_[:, None] * sum((A[i][j] * k[j] for j in range(i) if A[i][j]), torch.zeros_like(y))
@@ -227,7 +224,7 @@ class _Sweep:
     def _adjoint_rk(self, rows, s, h, y_after, a):
         """One step of the augmented system `(y, a, G)` backwards from `t = s + h` to `s`
         with the step's Runge-Kutta tableau, starting from the stored `y_after`."""
-        A, b, c = TABLEAUX[self.method]()
+        A, b, c = _tableau(self.method)
         h_ = h.to(a.dtype)[:, None]
         t_end = s + h
         fields, pulls = [], []  # per stage: f(t, Y) and h·(∂f/∂y)ᵀ A

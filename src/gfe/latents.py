@@ -57,7 +57,7 @@ def latents_path(path) -> Path:
     return path
 
 
-class _NpyAppender:
+class NpyAppender:
     """An .npy file written in order a chunk of rows at a time: the header (with
     the total row count) before the first chunk, each chunk straight after the
     last, so nothing but the chunk is held in memory."""
@@ -85,7 +85,7 @@ class LatentsWriter:
     def __init__(self, suffix: str, tmp: Path, rows: int, meta: dict | None, stack: contextlib.ExitStack):
         self.suffix, self.tmp, self.rows, self.meta, self.stack = suffix, tmp, rows, dict(meta or {}), stack
         self.written = 0
-        self.arrays: dict = {}  # name -> HDF5 dataset or _NpyAppender, made at the first chunk
+        self.arrays: dict = {}  # name -> HDF5 dataset or NpyAppender, made at the first chunk
         if suffix in (".h5", ".hdf5"):
             self.h5 = stack.enter_context(h5py.File(tmp, "w"))
         elif suffix == ".npz":  # one .npy per array, zipped together at the end
@@ -94,7 +94,7 @@ class LatentsWriter:
     def _store(self, name: str, chunk: np.ndarray):
         if self.suffix in (".h5", ".hdf5"):
             return self.h5.create_dataset(name, shape=(self.rows, *chunk.shape[1:]), dtype=chunk.dtype)
-        store = _NpyAppender(self.tmp if self.suffix == ".npy" else self.parts / f"{name}.npy", self.rows)
+        store = NpyAppender(self.tmp if self.suffix == ".npy" else self.parts / f"{name}.npy", self.rows)
         self.stack.callback(store.close)
         return store
 
@@ -111,7 +111,7 @@ class LatentsWriter:
             if name not in self.arrays:
                 self.arrays[name] = self._store(name, chunk)
             store = self.arrays[name]
-            if isinstance(store, _NpyAppender):
+            if isinstance(store, NpyAppender):
                 store.append(chunk)
             else:
                 store[self.written : self.written + len(chunk)] = chunk

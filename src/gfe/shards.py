@@ -182,14 +182,15 @@ def encode_shards(model, data, outdir, *, shard: str | None = None, count: int |
         outdir = Path(outdir)
         _claim_folder(outdir, manifest)
         origin = encoding_provenance(loaded, settings, data)
-        return [_encode_shard(outdir, index, manifest, loaded, inputs, options, origin, quiet) for index in indices]
+        return [_encode_shard(outdir, index, manifest, chunk_size, loaded, inputs, options, origin, quiet)
+                for index in indices]
 
 
-def _encode_shard(outdir: Path, index: int, manifest: dict, loaded, inputs: ModelInput, options, origin: dict,
-                  quiet: bool) -> dict:
+def _encode_shard(outdir: Path, index: int, manifest: dict, chunk_size: int, loaded, inputs: ModelInput, options,
+                  origin: dict, quiet: bool) -> dict:
     """Encode shard `index` unless its file is already there; its record for `encode_shards`."""
     count = manifest["shards"]
-    start, stop = shard_bounds(manifest["samples"], count, index, chunk_rows(manifest["encode_settings"]))
+    start, stop = shard_bounds(manifest["samples"], count, index, chunk_size)
     path = shard_path(outdir, index, count)
     record = {"index": index, "start": start, "stop": stop, "path": str(path)}
     if path.exists():

@@ -9,6 +9,7 @@ measures memory, not encoding quality.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..latents import NpyAppender
 from ..models import MLPDecoder
 from ..persist import save_model
 from .data_efficiency import machine
@@ -42,10 +44,9 @@ def _peak_mib() -> float:
 def _write_data(path: Path, n: int, features: int, seed: int, rows: int = 10_000) -> None:
     """Uniform [0, 1] float32 samples, written a block at a time (so this process stays small too)."""
     rng = np.random.default_rng(seed)
-    with open(path, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (n, features)})
+    with contextlib.closing(NpyAppender(path, n)) as out:
         for lo in range(0, n, rows):
-            f.write(rng.uniform(size=(min(rows, n - lo), features)).astype("<f4").tobytes())
+            out.append(rng.uniform(size=(min(rows, n - lo), features)).astype("<f4"))
 
 
 def _encode_in_child(mode: str, model: Path, data: Path, output: Path, chunk_rows: int) -> dict:
