@@ -52,8 +52,9 @@ def threads_for_rows(rows: int):
 class Encoding:
     """Latents and per-sample statistics of one `encode` call.
 
-    `steps` counts accepted steps and `nfe` decoder evaluations (each a forward
-    plus a vector-Jacobian product); `status` holds `Status` codes.
+    `loss` is each sample's final energy (its loss plus the latent penalty, if
+    any); `steps` counts accepted steps and `nfe` decoder evaluations (each a
+    forward plus a vector-Jacobian product); `status` holds `Status` codes.
     """
 
     z: torch.Tensor
