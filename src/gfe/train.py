@@ -226,7 +226,11 @@ class Trainer:
         self.update_decoder = replicas.wrap(self.decoder)  # the flow must use the plain decoder
         params = list(self.decoder.parameters()) + (list(self.encoder.parameters()) if self.encoder else [])
         self.optimizer = OPTIMIZERS[config.optimizer](params, lr=config.lr)
-        self.loss = Loss(config.loss)
+        # The training update's loss; the autoencoder's carries the latent prior, which a flow's latents
+        # already minimise (flow_options). `evaluate` reports the reconstruction loss alone.
+        prior = ("l2", config.latent_penalty) if self.encoder is not None and config.latent_penalty else (None, 0.0)
+        self.loss = Loss(config.loss, *prior)
+        self.reconstruction_loss = Loss(config.loss)
         self.flow_encoder = FlowEncoder(self.decoder, **config.flow_options(training=True))
         self.eval_encoder = FlowEncoder(self.decoder, **config.flow_options(training=False))
         learn_start = config.is_gfe and config.start == "learned" and can_learn_start(tuple(feature_shape))
@@ -341,7 +345,7 @@ class Trainer:
             with torch.no_grad() if self.encoder is not None else torch.enable_grad():
                 z, _, _ = self.latents(xb, training=False)
             with torch.no_grad():
-                total += float(self.loss(self.decoder(z), xb, z, self.weights).sum())
+                total += float(self.reconstruction_loss(self.decoder(z), xb, z, self.weights).sum())
         (total,) = self.replicas.sum(total)
         return total / len(x)
 
@@ -387,8 +391,6 @@ class Trainer:
                     z_in = z.detach() if self.encoder is None else z
                     output = self.update_decoder(z_in + self._latent_noise(epoch, batch, len(xb), z))
                     summed = self.loss(output, mine, z, self.weights).sum()
-                    if self.encoder is not None and self.config.latent_penalty:
-                        summed = summed + self.config.latent_penalty * z.square().sum()
                 self._learn_start(mine, z.detach(), len(xb))
                 steps, nfe = steps + s, nfe + n
                 self.batch_log.append((epoch + 1, len(mine), s, n))
