@@ -33,7 +33,9 @@ import torch
 from gfe import load_model
 from gfe.models import MLPDecoder
 from gfe.persist import CONFIG_FILE, WEIGHTS_FILE
-from gfe.train import LATEST, TrainConfig, Trainer, _verified_checkpoint
+from gfe.checkpoint import LATEST, verified_checkpoint
+from gfe.train import Trainer
+from gfe.train_config import TrainConfig
 
 pytestmark = pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(),
                                 reason="needs the forkserver start method (POSIX)")
@@ -163,7 +165,7 @@ def assert_nothing_half_written(run_dir: Path) -> int:
     checkpoints = run_dir / "checkpoints"
     if not (checkpoints / LATEST).exists():
         return 0
-    target = _verified_checkpoint(checkpoints)
+    target = verified_checkpoint(checkpoints)
     resumed = Trainer.resume(checkpoints, progress=False)
     assert f"epoch-{len(resumed.history):05d}" == target.name
     return len(resumed.history)

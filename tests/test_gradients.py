@@ -82,15 +82,13 @@ def test_unrolled_matches_finite_differences(tiny, case):
 
 def test_nesterov_amd_restarts_are_replayed(tiny):
     """The Nesterov+AMD case above must actually contain momentum restarts."""
-    from gfe.gradients import Trajectory, _RecordingObjective
+    from gfe.gradients import Trajectory
     from gfe.encode import FlowEncoder
 
     decoder, x = tiny
     encoder = FlowEncoder(decoder, **CASES["nesterov-amd"])
     log = Trajectory()
-    objective = _RecordingObjective(decoder, encoder.loss, log)
-    encoder._run(objective, encoder.flow, x, None, encoder.flow.initial_state(torch.zeros(len(x), 2,
-                 dtype=x.dtype)), encoder.rule)
+    encoder.solve(x, torch.zeros(len(x), 2, dtype=x.dtype), None, log)
     assert any(event[0] == "restart" for event in log.events)
 
 

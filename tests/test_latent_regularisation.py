@@ -70,7 +70,7 @@ def test_the_autoencoder_adds_the_penalty_to_its_training_loss(images):
         trainer = make_trainer("ae", latent_penalty=beta, epochs=10)
         trainer.fit(images)
         with torch.no_grad():
-            norms[beta] = float(trainer.encoder(torch.from_numpy(images)).square().sum(1).mean())
+            norms[beta] = float(trainer.source.encoder(torch.from_numpy(images)).square().sum(1).mean())
     assert norms[1.0] < 0.1 * norms[0.0]
 
 

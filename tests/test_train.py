@@ -15,7 +15,8 @@ import torch
 import gfe
 from gfe import ConfigError, ModelFileError
 from gfe.models import MLPDecoder
-from gfe.train import EpochRecord, TrainConfig, Trainer
+from gfe.train import Trainer
+from gfe.train_config import EpochRecord, TrainConfig
 
 SHAPE = (4, 4)
 FAST_ENCODE = {"max_steps": 30, "gtol": 1e-4}
@@ -126,7 +127,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, images, method, ah
     for (name, p), q in zip(parameters(run_a.decoder).items(), parameters(resumed.decoder).values()):
         assert torch.equal(p, q), name
     if method == "ae":
-        for (name, p), q in zip(parameters(run_a.encoder).items(), parameters(resumed.encoder).values()):
+        for (name, p), q in zip(parameters(run_a.source.encoder).items(), parameters(resumed.source.encoder).values()):
             assert torch.equal(p, q), name
     for run in ("a", "b"):
         directory = tmp_path / run
@@ -234,5 +235,5 @@ def test_building_a_trainer_leaves_the_callers_random_state_alone():
     a = Trainer(make_config("ae"), SHAPE, progress=False)  # seeds its own initial weights
     assert torch.equal(torch.rand(3), expected)
     b = Trainer(make_config("ae"), SHAPE, progress=False)
-    for (name, p), q in zip(parameters(a.encoder).items(), parameters(b.encoder).values()):
+    for (name, p), q in zip(parameters(a.source.encoder).items(), parameters(b.source.encoder).values()):
         assert torch.equal(p, q), name  # and still reproducibly

@@ -18,7 +18,9 @@ from gfe.errors import DataError, ModelFileError
 from gfe.latents import read_latents, write_latents
 from gfe.models import MLPDecoder
 from gfe.persist import save_model
-from gfe.train import LATEST, TrainConfig, Trainer
+from gfe.checkpoint import LATEST
+from gfe.train import Trainer
+from gfe.train_config import TrainConfig
 
 SHAPE = (5,)
 X = np.random.default_rng(0).uniform(0.1, 0.9, size=(12, *SHAPE)).astype(np.float32)

@@ -57,7 +57,8 @@ def _json_dict(text: str) -> dict:
 
 def _add_train(sub) -> None:
     from .start import START_MODES
-    from .train import METHODS, OPTIMIZERS
+    from .methods import METHODS
+    from .train_config import OPTIMIZERS
 
     p = sub.add_parser(
         "train", help="train a decoder (GFE) or the autoencoder baseline",

@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 
 from .errors import ConfigError, DataError
-from .losses import LOSSES
+from .losses import loss_spec
 
 MNIST_DEFAULT = Path("..", "shared", "data", "mnist-10k.npz")
 MNIST_ENV = "GFE_MNIST"
@@ -370,8 +370,7 @@ def validate_data(x, *, feature_shape=None, loss: str | None = None, dtype=np.fl
     (likewise for size-1 axes), but other shapes are not guessed: a single sample
     needs its batch axis.
     """
-    if loss is not None and loss not in LOSSES:
-        raise ConfigError(f"unknown loss {loss!r}; choose one of {list(LOSSES)}")
+    spec = None if loss is None else loss_spec(loss)
     x = np.asarray(x)
     if not _is_numeric(x.dtype):
         raise DataError(f"data must be numeric; got dtype {x.dtype}")
@@ -399,12 +398,9 @@ def validate_data(x, *, feature_shape=None, loss: str | None = None, dtype=np.fl
         first = tuple(int(i) for i in np.argwhere(~finite)[0])
         raise DataError(f"data contain {int((~finite).sum())} non-finite values (NaN, inf, or too large "
                         f"for float32); the first is at index {first}")
-    low, high = float(x.min()), float(x.max())
-    if loss == "bce" and (low < 0 or high > 1):
-        raise DataError(f"the bce loss needs data in [0, 1]; got min {low:g}, max {high:g}. "
-                        "Rescale them (e.g. divide 8-bit images by 255) or use loss='mse'")
-    if loss == "poisson" and low < 0:
-        raise DataError(f"the poisson loss needs non-negative counts; got min {low:g}")
+    problem = None if spec is None else spec.data_error(float(x.min()), float(x.max()))
+    if problem is not None:
+        raise DataError(problem)
     return x
 
 

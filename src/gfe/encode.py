@@ -14,17 +14,7 @@ from .errors import ConfigError, DataError
 from .flows import make_flow
 from .losses import Loss
 from .objective import Objective
-from .solvers import (SOLVERS, AdamOptions, AMDOptions, LBFGSOptions, Status, StopRule, solve_adam, solve_amd,
-                      solve_dopri5, solve_fixed, solve_lbfgs)
-
-SOLVER_OPTIONS = {
-    "amd": {f.name for f in fields(AMDOptions)},
-    "euler": {"dt"},
-    "rk4": {"dt"},
-    "dopri5": {"rtol", "atol", "dt0", "max_rejects"},
-    "adam": {f.name for f in fields(AdamOptions)},
-    "lbfgs": {f.name for f in fields(LBFGSOptions)},
-}
+from .solvers import Status, StopRule, solver_spec
 
 
 SMALL_BATCH = 256
@@ -114,29 +104,28 @@ class FlowEncoder:
         progress: bool = False,
         **solver_options,
     ):
-        if solver not in SOLVERS:
-            raise ConfigError(f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}")
-        unknown = set(solver_options) - SOLVER_OPTIONS[solver]
-        if unknown:
-            raise ConfigError(
-                f"solver {solver!r} has no option(s) {', '.join(sorted(unknown))}; "
-                f"it accepts {', '.join(sorted(SOLVER_OPTIONS[solver]))}"
-            )
+        self.spec = solver_spec(solver)
+        self.options = self.spec.make_options(solver_options)
         if not (tau > 0 and max_steps >= 0 and gtol >= 0 and ftol >= 0 and chunk_size >= 1):
             raise ConfigError(
                 f"need tau > 0, chunk_size >= 1 and max_steps, gtol, ftol >= 0; "
                 f"got tau={tau}, chunk_size={chunk_size}, max_steps={max_steps}, gtol={gtol}, ftol={ftol}"
             )
         self.decoder = decoder
-        self.solver = solver
-        self.solver_options = dict(solver_options)
         self.loss = loss if isinstance(loss, Loss) else Loss(loss, penalty, penalty_weight)
         self.flow = make_flow(flow, decoder.latent_dim, alpha)
         self.rule = StopRule(tau=tau, max_steps=max_steps, gtol=gtol, ftol=ftol)
         self.objective = Objective(decoder, self.loss)
         self.chunk_size = chunk_size
         self.progress = progress
-        self._run = _solver(solver, solver_options)
+
+    def solve(self, x: torch.Tensor, z0: torch.Tensor, weights: torch.Tensor | None, trajectory=None):
+        """One solver call on the whole batch (the solver's `Results`)."""
+        return self.spec.solve(self.objective, self.flow, x, weights, self.flow.initial_state(z0), self.rule,
+                               self.options, trajectory)
+
+    def encoding(self, res) -> Encoding:
+        return Encoding(self.flow.latent(res.y), res.loss, res.steps, res.nfe, res.status, res.t)
 
     def __call__(self, x: torch.Tensor, z0: torch.Tensor, weights: torch.Tensor | None = None) -> Encoding:
         """Encode a validated batch `x` from latents `z0` (tensors on the decoder's device)."""
@@ -149,9 +138,8 @@ class FlowEncoder:
             sl = slice(lo, lo + self.chunk_size)
             w = None if weights is None else weights[sl]
             with threads_for_rows(len(x[sl])):
-                res = self._run(self.objective, self.flow, x[sl], w, self.flow.initial_state(z0[sl]), self.rule)
-            parts.append(Encoding(self.flow.latent(res.y), res.loss, res.steps, res.nfe, res.status, res.t))
-            bar.update(len(res.loss))
+                parts.append(self.encoding(self.solve(x[sl], z0[sl], w)))
+            bar.update(len(parts[-1]))
         bar.close()
         return Encoding.concat(parts)
 
@@ -171,10 +159,11 @@ def encode(
 ) -> Encoding:
     """Encode `x` (shape (N, *decoder.out_shape)) by integrating a gradient flow.
 
-    `flow` is "first" or "nesterov"; `solver` is "amd", "euler", "rk4" or "dopri5", or a
-    plain latent optimizer for comparison, "adam" or "lbfgs" (first-order flow only);
-    `loss` is "bce" (data in [0, 1], decoder gives logits), "mse" or "poisson"
-    (counts, decoder gives log-rates). The start is `z0 = 0` unless `z0` is given
+    `flow` is "first" or "nesterov"; `solver` is a name in `gfe.solvers.SOLVERS`: "amd",
+    "euler", "rk4" or "dopri5", or a plain latent optimizer for comparison, "adam" or
+    "lbfgs" (first-order flow only), or one registered with `gfe.register_solver`;
+    `loss` is a name in `gfe.losses.LOSSES`: "bce" (data in [0, 1], decoder gives
+    logits), "mse" or "poisson" (counts, decoder gives log-rates). The start is `z0 = 0` unless `z0` is given
     (an (N, d) array, or a function of the validated batch and weights such as a
     model's learned start map, `gfe.start.RidgeStart`, whose `metric`, if it has
     one, becomes AMD's `metric0` for `step="bfgs"` unless `metric0` is given) or
@@ -185,10 +174,9 @@ def encode(
     norm at which a sample has converged), ftol (relative loss decrease per step
     that counts as a plateau; 0 = off), penalty ("l2"/"l1") and penalty_weight,
     chunk_size (samples per solver call; results do not depend on it), progress
-    (a progress bar over chunks), and solver
-    options: AMD {h0, h_max, shrink, grow, max_shrinks, sigma, step, metric0}; Euler/RK4 {dt};
-    dopri5 {rtol, atol, dt0, max_rejects}; adam {lr, beta1, beta2, eps};
-    lbfgs {memory, h0, shrink, max_shrinks, sigma}.
+    (a progress bar over chunks), and the fields of the solver's options dataclass
+    (`SOLVERS[solver].options`; e.g. AMD's h0, h_max, step, metric0; Euler's and RK4's dt;
+    dopri5's rtol, atol).
     """
     metric = getattr(z0, "metric", None)  # a start map's curvature (`gfe.start.RidgeStart`)
     if metric is not None and solver == "amd" and options.get("step") == "bfgs" and "metric0" not in options:
@@ -199,21 +187,6 @@ def encode(
     weights = as_weights(weights, x, param)
     start = _start(z0, seed, init_scale, x, weights, decoder.latent_dim, param)
     return encoder(x, start, weights)
-
-
-def _solver(name: str, options: dict):
-    if name == "amd":
-        amd = AMDOptions(**options)
-        return lambda *args: solve_amd(*args, options=amd)
-    if name == "dopri5":
-        return lambda *args: solve_dopri5(*args, **options)
-    if name == "adam":
-        adam = AdamOptions(**options)
-        return lambda *args: solve_adam(*args, options=adam)
-    if name == "lbfgs":
-        lbfgs = LBFGSOptions(**options)
-        return lambda *args: solve_lbfgs(*args, options=lbfgs)
-    return lambda *args: solve_fixed(*args, method=name, **options)
 
 
 def _as_batch(decoder: nn.Module, x, loss: str, like: torch.Tensor) -> torch.Tensor:

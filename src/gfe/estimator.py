@@ -23,7 +23,9 @@ from .errors import ConfigError, DataError, ModelFileError
 from .losses import link
 from .models import DECODERS, build_decoder, default_decoder
 from .persist import load_model, save_model
-from .train import METHODS, TrainConfig, Trainer
+from .methods import flow_methods, method_spec
+from .train import Trainer
+from .train_config import TrainConfig
 
 _SET_BY_GFE = ("latent_dim", "out_shape")  # decoder arguments GFE fills in itself
 
@@ -42,7 +44,7 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     latent_dim : int, default=20
         Size of each latent vector.
     method : str, default="gfe-amd"
-        A gradient-flow method of `gfe.train.METHODS`: "gfe-amd", "gfe-nesterov",
+        A gradient-flow method of `gfe.methods.METHODS`: "gfe-amd", "gfe-nesterov",
         "gfe-euler", "gfe-rk4" or "gfe-dopri5". (The autoencoder baseline "ae"
         has an encoder and is trained with `gfe.train.Trainer` instead.)
     loss : {"mse", "bce", "poisson"}, default="mse"
@@ -209,10 +211,10 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     def _train_config(self) -> TrainConfig:
         """The parameters as a `TrainConfig`, which validates them."""
-        if METHODS.get(self.method, ()) is None:
+        if not method_spec(self.method).is_gfe:
             raise ConfigError(
                 f"method {self.method!r} is the autoencoder baseline, which has an encoder; GFE fits "
-                f"the gradient-flow methods {[m for m, v in METHODS.items() if v]} "
+                f"the gradient-flow methods {flow_methods()} "
                 "(train the baseline with gfe.train.Trainer)")
         if not isinstance(self.refine_start, (bool, np.bool_)):
             raise ConfigError(f"refine_start must be True or False; got {self.refine_start!r}")

@@ -27,51 +27,30 @@ every sample's own step sequence, batched.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import nn
 
 from .encode import Encoding, FlowEncoder, _as_batch, _start, as_weights
 from .errors import ConfigError
-from .objective import Objective
+from .solvers import SOLVERS, SolverSpec, runge_kutta_step
 
 GRADIENTS = ("approx", "adjoint", "unrolled")
-FLOW_SOLVERS = ("amd", "euler", "rk4", "dopri5")
 
 
-@functools.cache
-def _tableau(method: str) -> tuple[list[list[float]], list[float], list[float]]:
-    """The Runge-Kutta tableau `(A, b, c)` of `method`, built once. torchode is imported
-    only here, so that importing gfe does not import it (see gfe.solvers.adaptive);
-    dopri5 drops its last stage (weight 0, used only for the error estimate), so a
-    replayed step is the step the solver took."""
-    if method == "euler":
-        a, b, c = [[0]], [1], [0]
-    elif method == "rk4":
-        a = [[0, 0, 0, 0], [0.5, 0, 0, 0], [0, 0.5, 0, 0], [0, 0, 1, 0]]
-        b, c = [1 / 6, 1 / 3, 1 / 3, 1 / 6], [0, 0.5, 0.5, 1]
-    else:  # dopri5
-        import torchode
-
-        t = torchode.Dopri5().tableau
-        a, b, c = t.a[:6, :6].tolist(), t.b[:6].tolist(), t.c[:6].tolist()
-    return [list(map(float, row)) for row in a], list(map(float, b)), list(map(float, c))
-
-
-def check_gradient(gradient: str, solver: str, step: str = "flow") -> None:
-    """Raise `ConfigError` unless `gradient` can be computed for `solver` (and AMD's `step` rule)."""
+def check_gradient(gradient: str, spec: SolverSpec, options) -> None:
+    """Raise `ConfigError` unless `gradient` can be computed for the solver `spec` with `options`."""
     if gradient not in GRADIENTS:
         raise ConfigError(f"unknown gradient {gradient!r}; expected one of {', '.join(GRADIENTS)}")
-    if gradient != "approx" and solver == "amd" and step == "bfgs":
+    if gradient == "approx":
+        return
+    if not spec.replayable:
+        replayable = [name for name, other in SOLVERS.items() if other.replayable]
         raise ConfigError(
-            f"gradient={gradient!r} replays AMD's steps along the flow, but step='bfgs' moves in a learned "
-            "metric that is not recorded; use step='flow' or 'spectral', or gradient='approx'")
-    if gradient != "approx" and solver not in FLOW_SOLVERS:
-        raise ConfigError(
-            f"gradient={gradient!r} differentiates through the flow's ODE steps, but solver {solver!r} is a "
-            f"plain optimizer with no ODE; use one of the solvers {', '.join(FLOW_SOLVERS)} or gradient='approx'"
-        )
+            f"gradient={gradient!r} differentiates through the flow's ODE steps, but solver {spec.name!r} is a "
+            f"plain optimizer with no ODE; use one of the solvers {', '.join(replayable)} or gradient='approx'")
+    why = spec.replay_error(options)
+    if why is not None:
+        raise ConfigError(f"gradient={gradient!r} replays the solver's steps along the flow, but {why}")
 
 
 class Trajectory:
@@ -103,12 +82,6 @@ class Trajectory:
                 yield event, start
 
 
-class _RecordingObjective(Objective):
-    def __init__(self, decoder, loss, log: Trajectory):
-        super().__init__(decoder, loss)
-        self.log = log
-
-
 def flow_gradients(encoder: FlowEncoder, x: torch.Tensor, z0: torch.Tensor, weights=None,
                    gradient: str = "adjoint") -> tuple[Encoding, list[torch.Tensor]]:
     """Encode the validated batch `x` from `z0` with `encoder` and return the encoding
@@ -117,14 +90,12 @@ def flow_gradients(encoder: FlowEncoder, x: torch.Tensor, z0: torch.Tensor, weig
     The whole batch is one solver call (no chunks), since the backward sweep needs
     the steps of every sample.
     """
-    check_gradient(gradient, encoder.solver, encoder.solver_options.get("step", "flow"))
+    check_gradient(gradient, encoder.spec, encoder.options)
     if weights is not None and weights.dim() < x.dim():
         weights = weights.expand_as(x)
-    log = Trajectory()
-    objective = _RecordingObjective(encoder.decoder, encoder.loss, log) if gradient != "approx" else encoder.objective
-    flow = encoder.flow
-    res = encoder._run(objective, flow, x, weights, flow.initial_state(z0), encoder.rule)
-    encoding = Encoding(flow.latent(res.y), res.loss, res.steps, res.nfe, res.status, res.t)
+    log = Trajectory() if gradient != "approx" else None
+    res = encoder.solve(x, z0, weights, log)
+    encoding = encoder.encoding(res)
     params = list(encoder.decoder.parameters())
     sweep = _Sweep(encoder, params, x, weights, gradient)
     try:
@@ -147,7 +118,7 @@ class _Sweep:
     def __init__(self, encoder: FlowEncoder, params, x, weights, gradient: str):
         self.objective, self.flow, self.params = encoder.objective, encoder.flow, params
         self.x, self.w, self.gradient = x, weights, gradient
-        self.method = encoder.solver
+        self.spec = encoder.spec
 
     def _grad_energy(self, y: torch.Tensor, rows, shift=0.0) -> torch.Tensor:
         """`∇_z E` at the latent of `y` plus `shift`, as a differentiable function of `y` and θ."""
@@ -190,7 +161,7 @@ class _Sweep:
             return
         _, rows, h, y_before, y_after = event
         with torch.enable_grad():
-            if self.gradient == "unrolled" or self.method == "amd":
+            if self.gradient == "unrolled" or self.spec.descent_steps:
                 a[rows], parts = self._step_vjp(rows, clock, h, y_before, y_after, a[rows])
             else:
                 a[rows], parts = self._adjoint_rk(rows, clock, h, y_after, a[rows])
@@ -208,23 +179,19 @@ class _Sweep:
         """
         y = y_before.detach().requires_grad_(True)
         h_ = h.to(y.dtype)
-        if self.method == "amd":
+        if self.spec.descent_steps:
             at_end = 0.0 if self.gradient == "unrolled" else self.flow.latent(y_after - y_before)
             out = self.flow.descent_step(y, self._grad_energy(y, rows, at_end), s.to(y.dtype), h_)
         else:
-            A, b, c = _tableau(self.method)
-            k = []
-            for i in range(len(b)):
-                yi = y + h_[:, None] * sum((A[i][j] * k[j] for j in range(i) if A[i][j]), torch.zeros_like(y))
-                k.append(self.flow.field(s + c[i] * h, yi, self._grad_energy(yi, rows)))
-            out = y + h_[:, None] * sum((bi * ki for bi, ki in zip(b, k) if bi), torch.zeros_like(y))
+            out = runge_kutta_step(lambda t, yi: self.flow.field(t, yi, self._grad_energy(yi, rows)), s, y, h,
+                                   self.spec.tableau())
         grad_y, *parts = self._vjp(out, [y, *self.params], a)
         return grad_y, parts
 
     def _adjoint_rk(self, rows, s, h, y_after, a):
         """One step of the augmented system `(y, a, G)` backwards from `t = s + h` to `s`
         with the step's Runge-Kutta tableau, starting from the stored `y_after`."""
-        A, b, c = _tableau(self.method)
+        A, b, c = self.spec.tableau()
         h_ = h.to(a.dtype)[:, None]
         t_end = s + h
         fields, pulls = [], []  # per stage: f(t, Y) and h·(∂f/∂y)ᵀ A
@@ -255,7 +222,7 @@ def decoder_gradients(decoder: nn.Module, x, *, gradient: str = "adjoint", z0=No
     """
     encode_options.pop("chunk_size", None)  # the gradient sweep takes the batch whole
     encoder = FlowEncoder(decoder, **encode_options)
-    check_gradient(gradient, encoder.solver, encoder.solver_options.get("step", "flow"))
+    check_gradient(gradient, encoder.spec, encoder.options)
     param = next(decoder.parameters())
     x = _as_batch(decoder, x, encoder.loss.name, param)
     weights = as_weights(weights, x, param)

@@ -1,4 +1,4 @@
-"""Per-sample reconstruction losses and latent penalties.
+"""Per-sample reconstruction losses and latent penalties, and the loss registry.
 
 A loss is reduced to one number per sample (a weighted mean over features), never
 over the batch: a sample's encoding must not depend on its batch-mates, and a
@@ -7,6 +7,7 @@ mean over features keeps the flow's time scale independent of the data size.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -14,26 +15,65 @@ import torch.nn.functional as F
 
 from .errors import ConfigError
 
-LOSSES = ("bce", "mse", "poisson")
 PENALTIES = ("l2", "l1")
 
 
-def _elementwise(name: str, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    if name == "bce":  # decoder outputs logits
-        return F.binary_cross_entropy_with_logits(output, x, reduction="none")
-    if name == "mse":
-        return (output - x).square()
-    # poisson: decoder outputs the log-rate; the x-only term log(x!) is dropped
-    return output.exp() - x * output
+@dataclass(frozen=True)
+class LossSpec:
+    """A reconstruction loss: `elementwise(output, x)` per feature (the decoder's raw
+    output, e.g. logits); `link(output)` maps raw output to data space (the
+    reconstruction users see); `data_error(low, high)` says why data with that range
+    do not suit the loss (None when they do); `scalable` is False for losses of raw
+    counts, which per-sample normalisation would turn into non-counts."""
+
+    name: str
+    elementwise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    link: Callable[[torch.Tensor], torch.Tensor] = lambda output: output
+    data_error: Callable[[float, float], str | None] = lambda low, high: None
+    scalable: bool = True
+    summary: str = ""
+
+
+LOSSES: dict[str, LossSpec] = {}
+
+
+def register_loss(spec: LossSpec) -> LossSpec:
+    """Add `spec` under `spec.name`; every layer above (encode, train, CLI, estimator) then accepts it."""
+    if spec.name in LOSSES and LOSSES[spec.name] != spec:
+        raise ConfigError(f"a loss named {spec.name!r} is registered already")
+    LOSSES[spec.name] = spec
+    return spec
+
+
+def loss_spec(name: str) -> LossSpec:
+    if name not in LOSSES:
+        raise ConfigError(f"unknown loss {name!r}; expected one of {', '.join(LOSSES)}")
+    return LOSSES[name]
+
+
+def _bce_data_error(low: float, high: float) -> str | None:
+    if low < 0 or high > 1:
+        return (f"the bce loss needs data in [0, 1]; got min {low:g}, max {high:g}. "
+                "Rescale them (e.g. divide 8-bit images by 255) or use loss='mse'")
+    return None
+
+
+def _poisson_data_error(low: float, high: float) -> str | None:
+    return f"the poisson loss needs non-negative counts; got min {low:g}" if low < 0 else None
+
+
+register_loss(LossSpec(
+    "bce", lambda output, x: F.binary_cross_entropy_with_logits(output, x, reduction="none"), torch.sigmoid,
+    _bce_data_error, summary="binary cross-entropy for data in [0, 1]; the decoder gives logits"))
+register_loss(LossSpec("mse", lambda output, x: (output - x).square(), summary="mean squared error for real values"))
+register_loss(LossSpec(  # the x-only term log(x!) is dropped
+    "poisson", lambda output, x: output.exp() - x * output, torch.exp, _poisson_data_error, scalable=False,
+    summary="Poisson negative log-likelihood for counts; the decoder gives log-rates"))
 
 
 def link(name: str, output: torch.Tensor) -> torch.Tensor:
     """Map raw decoder output to data space (the reconstruction users see)."""
-    if name == "bce":
-        return torch.sigmoid(output)
-    if name == "poisson":
-        return output.exp()
-    return output
+    return loss_spec(name).link(output)
 
 
 @dataclass(frozen=True)
@@ -49,8 +89,7 @@ class Loss:
     penalty_weight: float = 0.0
 
     def __post_init__(self):
-        if self.name not in LOSSES:
-            raise ConfigError(f"unknown loss {self.name!r}; expected one of {', '.join(LOSSES)}")
+        loss_spec(self.name)
         if self.penalty is not None and self.penalty not in PENALTIES:
             raise ConfigError(
                 f"unknown latent penalty {self.penalty!r}; expected one of {', '.join(PENALTIES)} or None"
@@ -65,7 +104,7 @@ class Loss:
         z: torch.Tensor,
         weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        per_feature = _elementwise(self.name, output, x).flatten(1)
+        per_feature = LOSSES[self.name].elementwise(output, x).flatten(1)
         if weights is None:
             value = per_feature.mean(1)
         else:

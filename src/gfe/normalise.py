@@ -12,18 +12,19 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import ConfigError
+from .losses import loss_spec
 
 NORMALISATIONS = ("none", "mean")
 
 
 def check_normalisation(kind: str, loss: str) -> None:
-    """Refuse unknown kinds, and normalising counts for the Poisson loss (scaled
-    counts are no longer counts, so the Poisson likelihood would be wrong)."""
+    """Refuse unknown kinds, and normalising data for a loss that models them raw
+    (scaled counts are no longer counts, so the Poisson likelihood would be wrong)."""
     if kind not in NORMALISATIONS:
         raise ConfigError(f"unknown normalisation {kind!r}; expected one of {', '.join(NORMALISATIONS)}")
-    if kind != "none" and loss == "poisson":
-        raise ConfigError("the poisson loss models raw counts; per-sample normalisation would turn them into "
-                          "non-counts. Use normalise='none' with poisson, or the mse loss with normalisation")
+    if kind != "none" and not loss_spec(loss).scalable:
+        raise ConfigError(f"the {loss} loss models raw counts; per-sample normalisation would turn them into "
+                          f"non-counts. Use normalise='none' with {loss}, or the mse loss with normalisation")
 
 
 def normalise(x: np.ndarray, kind: str, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

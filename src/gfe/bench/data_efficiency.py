@@ -21,7 +21,9 @@ import torch
 from ..data import load_dataset, split
 from ..encode import encode
 from ..models import MLPDecoder, default_decoder
-from ..train import METHODS, TrainConfig, Trainer
+from ..methods import METHODS
+from ..train import Trainer
+from ..train_config import TrainConfig
 
 def _decoder(shape: tuple[int, ...], latent_dim: int, seed: int):
     torch.manual_seed(seed)

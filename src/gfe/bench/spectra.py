@@ -82,7 +82,7 @@ def _neural(method, x_train, x_test, mask, *, latent_dim, epochs, batch_size, lr
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
     xt = torch.from_numpy(x_test)
-    if trainer.encoder is None:  # as `gfe encode` encodes with the saved model: from its start map
+    if trainer.config.is_gfe:  # as `gfe encode` encodes with the saved model: from its start map
         z = encode(trainer.decoder, xt, z0=trainer.start_map(), weights=mask, **trainer.settings()["encode"]).z
     else:
         with torch.no_grad():

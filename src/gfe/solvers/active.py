@@ -17,8 +17,8 @@ from .status import Status
 class ActiveSet:
     """Named per-sample tensors that are compacted together.
 
-    `log`, if set (by `begin`, from `objective.log`), is told every accepted step
-    and momentum restart; exact decoder gradients replay them (`gfe.gradients`).
+    `log`, if set (by `begin`, from the solver's `trajectory` argument), is told every
+    accepted step and momentum restart; exact decoder gradients replay them (`gfe.gradients`).
     """
 
     log = None
@@ -110,8 +110,9 @@ def stop_status(active: ActiveSet, flow, rule: StopRule, nonfinite: torch.Tensor
     return torch.where(nonfinite, int(Status.NON_FINITE), status)
 
 
-def begin(objective, flow, x, weights, y0: torch.Tensor, **extra) -> ActiveSet:
-    """Evaluate the energy at the start and set up the per-sample state."""
+def begin(objective, flow, x, weights, y0: torch.Tensor, trajectory=None, **extra) -> ActiveSet:
+    """Evaluate the energy at the start and set up the per-sample state; `trajectory`
+    (a `gfe.gradients.Trajectory`, or None) records the accepted steps."""
     loss, grad = objective.value_and_grad(flow.latent(y0), x, weights)
     n = y0.shape[0]
     time = torch.zeros(n, dtype=torch.float64, device=y0.device)
@@ -121,7 +122,7 @@ def begin(objective, flow, x, weights, y0: torch.Tensor, **extra) -> ActiveSet:
         loss=loss, prev_loss=loss, grad=grad, steps=count, nfe=count + 1,
         nonfinite=~(torch.isfinite(loss) & torch.isfinite(grad).all(1)), **extra,
     )
-    active.__dict__["log"] = getattr(objective, "log", None)
+    active.__dict__["log"] = trajectory
     return active
 
 

@@ -9,9 +9,14 @@ and its own end, and finished samples leave the batch.
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 import torch
 
+from ..errors import ConfigError
 from .active import ActiveSet, StopRule, begin, commit, integrate, pending, step_sizes
+from .registry import SolverSpec, Tableau, register_solver
 from .status import Status
 
 SAFETY, FACTOR_MIN, FACTOR_MAX = 0.9, 0.2, 10.0
@@ -21,18 +26,32 @@ def _rms(v: torch.Tensor) -> torch.Tensor:
     return v.square().mean(1).sqrt()
 
 
-def solve_dopri5(
-    objective, flow, x, weights, y0, rule: StopRule, *,
-    rtol: float = 1e-4, atol: float = 1e-6, dt0: float | None = None, max_rejects: int = 30,
-):
+@dataclass(frozen=True)
+class Dopri5Options:
+    """Local error per sample below `atol + rtol·|y|`; `dt0` is the first step (else
+    Hairer's estimate); a sample stalls after `max_rejects` rejections in a row."""
+
+    rtol: float = 1e-4
+    atol: float = 1e-6
+    dt0: float | None = None
+    max_rejects: int = 30
+
+    def __post_init__(self):
+        if not (self.rtol > 0 and self.atol >= 0 and (self.dt0 is None or self.dt0 > 0) and self.max_rejects >= 0):
+            raise ConfigError(f"dopri5 needs rtol > 0, atol >= 0, dt0 > 0 (or None) and max_rejects >= 0; got {self}")
+
+
+def solve_dopri5(objective, flow, x, weights, y0, rule: StopRule, options: Dopri5Options = Dopri5Options(),
+                 trajectory=None):
     """Integrate to tau with local error per sample below `atol + rtol·|y|`."""
     # Imported on use: importing torchode starts OpenMP's thread pool (it compiles
     # with TorchScript), which makes `import gfe` slower and unsafe to fork after.
     import torchode
     from torchode.single_step_methods.runge_kutta import ERKState
 
+    rtol, atol, dt0, max_rejects = options.rtol, options.atol, options.dt0, options.max_rejects
     method = torchode.Dopri5()
-    active = begin(objective, flow, x, weights, y0)
+    active = begin(objective, flow, x, weights, y0, trajectory)
     last_eval = {}
 
     def rhs(t, y):
@@ -90,3 +109,18 @@ def _initial_step(rhs, active: ActiveSet, f0, rtol, atol) -> torch.Tensor:
     dmax = torch.maximum(d1, d2).to(torch.float64)
     h1 = torch.where(dmax <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6), (0.01 / dmax.clamp_min(1e-30)) ** 0.2)
     return torch.minimum(100 * h0, h1)
+
+
+@functools.cache
+def dopri5_tableau() -> Tableau:
+    """torchode's Dormand-Prince tableau without its last stage (weight 0, used only
+    for the error estimate), so a replayed step is the step the solver took."""
+    import torchode
+
+    t = torchode.Dopri5().tableau
+    a, b, c = t.a[:6, :6].tolist(), t.b[:6].tolist(), t.c[:6].tolist()
+    return tuple(tuple(map(float, row)) for row in a), tuple(map(float, b)), tuple(map(float, c))
+
+
+register_solver(SolverSpec("dopri5", solve_dopri5, Dopri5Options, tableau=dopri5_tableau,
+                           summary="Dormand-Prince 5(4) with per-sample error control (rtol, atol)"))

@@ -36,6 +36,7 @@ import torch
 
 from ..errors import ConfigError
 from .active import ActiveSet, StopRule, begin, commit, integrate, pending, step_sizes
+from .registry import SolverSpec, register_solver
 from .status import Status
 
 RESOLUTION = 16  # decreases below this many ulps of the loss cannot be measured
@@ -68,13 +69,13 @@ class AMDOptions:
                 f"max_shrinks={self.max_shrinks}, sigma={self.sigma}")
 
 
-def solve_amd(objective, flow, x, weights, y0, rule: StopRule, *, options: AMDOptions = AMDOptions()):
+def solve_amd(objective, flow, x, weights, y0, rule: StopRule, options: AMDOptions = AMDOptions(), trajectory=None):
     o = options
     second_order = flow.velocity(y0) is not None
     if second_order and o.step != "flow":
         raise ConfigError(f"the AMD step rule {o.step!r} is for the first-order flow; "
                           "the Nesterov flow uses step='flow'")
-    active = begin(objective, flow, x, weights, y0)
+    active = begin(objective, flow, x, weights, y0, trajectory)
     active.h = torch.full_like(active.t, o.h0)
     active.clock = torch.zeros_like(active.t)  # time since the last momentum restart
     active.shrinks = torch.zeros_like(active.steps)
@@ -185,3 +186,14 @@ def _bfgs_update(metric, s, y, sy, update, fresh):
     left = eye - rho * s[:, :, None] * y[:, None, :]
     updated = torch.bmm(torch.bmm(left, base), left.transpose(1, 2)) + rho * s[:, :, None] * s[:, None, :]
     return torch.where(update[:, None, None], updated, metric)
+
+
+def _replay_error(options: AMDOptions) -> str | None:
+    if options.step == "bfgs":
+        return ("step='bfgs' moves in a learned metric that is not recorded; use step='flow' or 'spectral', "
+                "or gradient='approx'")
+    return None
+
+
+register_solver(SolverSpec("amd", solve_amd, AMDOptions, descent_steps=True, replay_error=_replay_error,
+                           summary="adaptive steps accepted only if they lower the loss (h0, h_max, step, ...)"))

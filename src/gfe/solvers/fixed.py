@@ -1,44 +1,75 @@
-"""Euler and classical Runge-Kutta 4 on a fixed time grid `0, dt, 2dt, ..., tau`."""
+"""Explicit Runge-Kutta schemes (Euler, classical RK4) on a fixed time grid `0, dt, 2dt, ..., tau`.
+
+A scheme is its tableau alone: the same `runge_kutta_step` takes the forward steps
+here and replays them for exact decoder gradients (`gfe.gradients`).
+"""
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 import torch
 
+from ..errors import ConfigError
 from .active import ActiveSet, StopRule, begin, commit, integrate, step_sizes
+from .registry import SolverSpec, Tableau, register_solver
+
+EULER: Tableau = (((0.0,),), (1.0,), (0.0,))
+RK4: Tableau = (
+    ((0.0, 0.0, 0.0, 0.0), (0.5, 0.0, 0.0, 0.0), (0.0, 0.5, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0)),
+    (1 / 6, 1 / 3, 1 / 3, 1 / 6),
+    (0.0, 0.5, 0.5, 1.0),
+)
 
 
-def _rk4_increment(rhs, t, y, k1, h):
+def runge_kutta_step(rhs, t, y, h, tableau: Tableau, k1=None) -> torch.Tensor:
+    """`y + h Σ b_i k_i` with stages `k_i = rhs(t + c_i h, y + h Σ_j A_ij k_j)`, per sample
+    (`t`, `h` of shape (B,)); `k1`, if given, is the first stage already evaluated."""
+    a, b, c = tableau
     h_ = h.to(y.dtype)[:, None]
-    k2 = rhs(t + h / 2, y + h_ / 2 * k1)
-    k3 = rhs(t + h / 2, y + h_ / 2 * k2)
-    k4 = rhs(t + h, y + h_ * k3)
-    return h_ / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+    k = [rhs(t, y) if k1 is None else k1]
+    for i in range(1, len(b)):
+        k.append(rhs(t + c[i] * h, y + h_ * sum(a[i][j] * k[j] for j in range(i) if a[i][j])))
+    return y + h_ * sum(bi * ki for bi, ki in zip(b, k) if bi)
 
 
-METHODS = {"euler": (0, lambda rhs, t, y, k1, h: h.to(y.dtype)[:, None] * k1), "rk4": (3, _rk4_increment)}
+@dataclass(frozen=True)
+class FixedStepOptions:
+    dt: float = 1.0
+
+    def __post_init__(self):
+        if not self.dt > 0:
+            raise ConfigError(f"dt must be > 0; got {self.dt}")
 
 
-def solve_fixed(objective, flow, x, weights, y0, rule: StopRule, *, method: str, dt: float = 1.0):
-    """Integrate the flow with steps of `dt` (the last one clipped to land on tau).
+def solve_fixed(objective, flow, x, weights, y0, rule: StopRule, options: FixedStepOptions = FixedStepOptions(),
+                trajectory=None, *, tableau: Tableau):
+    """Integrate the flow with steps of `options.dt` (the last one clipped to land on tau).
 
     A step whose result is not finite is not taken; the sample stops as
     `non-finite` with its last finite state.
     """
-    extra_evals, increment = METHODS[method]
-    active = begin(objective, flow, x, weights, y0)
+    active = begin(objective, flow, x, weights, y0, trajectory)
 
     def rhs(t, y):
         _, grad = objective.value_and_grad(flow.latent(y), active.x, active.w)
         return flow.field(t, y, grad)
 
     def step(active: ActiveSet) -> None:
-        h = step_sizes(active, torch.full_like(active.t, dt), rule)
+        h = step_sizes(active, torch.full_like(active.t, options.dt), rule)
         k1 = flow.field(active.t, active.y, active.grad)
-        y = active.y + increment(rhs, active.t, active.y, k1, h)
+        y = runge_kutta_step(rhs, active.t, active.y, h, tableau, k1)
         loss, grad = objective.value_and_grad(flow.latent(y), active.x, active.w)
-        active.nfe = active.nfe + extra_evals + 1
+        active.nfe = active.nfe + len(tableau[1])  # stages after the first, and the new point
         finite = torch.isfinite(loss) & torch.isfinite(y).all(1) & torch.isfinite(grad).all(1)
         commit(active, finite, y, loss, grad, h)
         active.nonfinite = ~finite
 
     return integrate(active, flow, rule, step)
+
+
+register_solver(SolverSpec("euler", functools.partial(solve_fixed, tableau=EULER), FixedStepOptions,
+                           tableau=lambda: EULER, summary="explicit Euler on a fixed grid (dt)"))
+register_solver(SolverSpec("rk4", functools.partial(solve_fixed, tableau=RK4), FixedStepOptions,
+                           tableau=lambda: RK4, summary="classical Runge-Kutta 4 on a fixed grid (dt)"))

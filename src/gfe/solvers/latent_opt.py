@@ -23,6 +23,7 @@ import torch
 
 from ..errors import ConfigError
 from .active import ActiveSet, StopRule, begin, commit, integrate, pending
+from .registry import SolverSpec, register_solver
 from .status import Status
 
 
@@ -56,10 +57,11 @@ def _evaluate(objective, active: ActiveSet, y: torch.Tensor):
     return loss, grad, torch.isfinite(loss) & torch.isfinite(grad).all(1)
 
 
-def solve_adam(objective, flow, x, weights, y0, rule: StopRule, *, options: AdamOptions = AdamOptions()):
+def solve_adam(objective, flow, x, weights, y0, rule: StopRule, options: AdamOptions = AdamOptions(),
+               trajectory=None):
     _latent_only(flow, "adam")
     o = options
-    active = begin(objective, flow, x, weights, y0, m=torch.zeros_like(y0), v=torch.zeros_like(y0))
+    active = begin(objective, flow, x, weights, y0, trajectory, m=torch.zeros_like(y0), v=torch.zeros_like(y0))
 
     def step(active: ActiveSet) -> None:
         k = (active.steps + 1).to(active.y.dtype)[:, None]
@@ -93,11 +95,12 @@ def _two_loop(grad, S, Y, rho) -> torch.Tensor:
     return -r
 
 
-def solve_lbfgs(objective, flow, x, weights, y0, rule: StopRule, *, options: LBFGSOptions = LBFGSOptions()):
+def solve_lbfgs(objective, flow, x, weights, y0, rule: StopRule, options: LBFGSOptions = LBFGSOptions(),
+                trajectory=None):
     _latent_only(flow, "lbfgs")
     o = options
     n, d = y0.shape
-    active = begin(objective, flow, x, weights, y0, S=y0.new_zeros((n, o.memory, d)),
+    active = begin(objective, flow, x, weights, y0, trajectory, S=y0.new_zeros((n, o.memory, d)),
                    Y=y0.new_zeros((n, o.memory, d)), rho=y0.new_zeros((n, o.memory)))
     active.direction = -active.grad
     active.lam = torch.full_like(active.t, o.h0)
@@ -138,3 +141,8 @@ def solve_lbfgs(objective, flow, x, weights, y0, rule: StopRule, *, options: LBF
         return torch.where((status < 0) & failed, int(Status.STALLED), status)
 
     return integrate(active, flow, rule, step, stalled)
+
+
+register_solver(SolverSpec("adam", solve_adam, AdamOptions, summary="Adam on the latent (the auto-decoder recipe)"))
+register_solver(SolverSpec("lbfgs", solve_lbfgs, LBFGSOptions,
+                           summary="per-sample L-BFGS with a backtracking Armijo line search"))

@@ -1,0 +1,82 @@
+"""The training-method registry: a method is a flow and a solver with the encode
+settings it trains and evaluates with, in one record, so a method cannot exist
+without its defaults. The trainer, the estimator, the command line and the
+benchmarks read their lists from `METHODS`.
+
+Training needs only nearby latents (the approximate gradient), so it encodes
+loosely with a bounded step count; evaluation and stored models encode to
+convergence. For AMD on the first-order flow, Barzilai-Borwein step sizes speed up
+training and the per-sample BFGS metric reaches the flow's end point in far fewer
+evaluations than the reference's gradient steps (measured: docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+from .flows import FLOWS
+from .solvers import solver_spec
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """`flow` and `solver` name the GFE flow (None for a method whose latents come
+    from an encoder: the autoencoder baseline); `train_encode` and `eval_encode` are
+    the encode options it uses while training and for validation and saved models,
+    under the user's own."""
+
+    name: str
+    flow: str | None
+    solver: str | None
+    train_encode: dict = field(default_factory=dict)
+    eval_encode: dict = field(default_factory=dict)
+    summary: str = ""
+
+    def __post_init__(self):
+        if (self.flow is None) != (self.solver is None):
+            raise ConfigError(f"method {self.name!r}: give both a flow and a solver, or neither (an encoder)")
+        if self.flow is not None:
+            if self.flow not in FLOWS:
+                raise ConfigError(f"method {self.name!r}: unknown flow {self.flow!r}; expected one of "
+                                  f"{', '.join(FLOWS)}")
+            solver_spec(self.solver)
+
+    @property
+    def is_gfe(self) -> bool:
+        return self.flow is not None
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    """Add `spec` under `spec.name`; `TrainConfig`, `gfe train --method` and `gfe.GFE` then accept it."""
+    if spec.name in METHODS and METHODS[spec.name] != spec:
+        raise ConfigError(f"a method named {spec.name!r} is registered already")
+    METHODS[spec.name] = spec
+    return spec
+
+
+def method_spec(name: str) -> MethodSpec:
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; expected one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def flow_methods() -> list[str]:
+    """Names of the methods that train on gradient-flow latents."""
+    return [name for name, spec in METHODS.items() if spec.is_gfe]
+
+
+# With the learned start (`TrainConfig.start`) 15 AMD steps per training batch suffice.
+LOOSE = {"gtol": 1e-3, "max_steps": 50}
+register_method(MethodSpec("gfe-amd", "first", "amd", {**LOOSE, "max_steps": 15, "step": "spectral", "h_max": 100.0},
+                           {"step": "bfgs"}, "first-order flow, AMD steps (the paper's method)"))
+register_method(MethodSpec("gfe-nesterov", "nesterov", "amd", LOOSE, {}, "Nesterov's second-order flow, AMD steps"))
+register_method(MethodSpec("gfe-euler", "first", "euler", {**LOOSE, "dt": 10.0}, {"dt": 10.0},
+                           "first-order flow, explicit Euler"))
+register_method(MethodSpec("gfe-rk4", "first", "rk4", {**LOOSE, "dt": 10.0}, {"dt": 10.0},
+                           "first-order flow, classical Runge-Kutta 4"))
+register_method(MethodSpec("gfe-dopri5", "first", "dopri5", LOOSE, {}, "first-order flow, Dormand-Prince 5(4)"))
+register_method(MethodSpec("ae", None, None, summary="the autoencoder baseline: the same decoder, a mirrored encoder"))
