@@ -64,7 +64,9 @@ def history(directory):
 
 
 def test_two_processes_train_like_one_and_resume(tmp_path, data):
-    single = train_model(data, tmp_path / "single", quiet=True, **TRAIN).decoder.state_dict()
+    config = TrainConfig(**{k: v for k, v in TRAIN.items() if k != "val_fraction"})
+    single = train_model(data, tmp_path / "single", config, val_fraction=TRAIN["val_fraction"],
+                         quiet=True).decoder.state_dict()
 
     # two processes: one epoch, then resumed from rank 0's checkpoint for the second
     out = tmp_path / "ddp"

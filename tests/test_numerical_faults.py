@@ -93,5 +93,6 @@ def test_diverging_run_fails_with_a_clear_error_from_the_workflow(tmp_path):
     with a `TrainingError` (the CLI prints it as `gfe: error: ...`)."""
     np.save(tmp_path / "x.npy", X)
     with pytest.raises(TrainingError, match="training loss became"):
-        train_model(tmp_path / "x.npy", tmp_path / "out", latent_dim=2, epochs=3, optimizer="sgd", lr=1e30,
-                    loss="mse", encode_options={"max_steps": 5}, val_fraction=0, quiet=True)
+        config = TrainConfig(latent_dim=2, epochs=3, optimizer="sgd", lr=1e30, loss="mse",
+                             encode_options={"max_steps": 5})
+        train_model(tmp_path / "x.npy", tmp_path / "out", config, val_fraction=0, quiet=True)

@@ -28,6 +28,7 @@ from gfe.normalise import normalise
 from gfe.persist import save_model
 from gfe.shards import encode_shards, merge_shards
 from gfe.train import Trainer
+from gfe.train_config import TrainConfig
 from gfe.workflows import encode_file, train_model
 
 SHAPE = (3, 2)
@@ -208,11 +209,15 @@ def test_lazy_training_equals_in_memory_training_and_resumes(tmp_path, normalise
     """HDF5 spectra read a batch at a time, with a validation split and a
     resumed second epoch, give the in-memory run's weights and history exactly."""
     data = write_input(tmp_path, "spectra", SPECTRA)
-    options = dict(method="gfe-amd", latent_dim=2, batch_size=3, loss="mse", val_fraction=0.3,
-                   normalise=normalise_kind, encode_options={"max_steps": 5}, quiet=True)
-    memory = train_model(data, tmp_path / "memory", epochs=2, **options)
-    train_model(data, tmp_path / "lazy", epochs=1, lazy=True, **options)
-    lazy = train_model(data, tmp_path / "lazy", epochs=2, lazy=True, resume=True, **options)
+    options = dict(val_fraction=0.3, normalise=normalise_kind, quiet=True)
+
+    def config(epochs: int) -> TrainConfig:
+        return TrainConfig(method="gfe-amd", latent_dim=2, batch_size=3, loss="mse", epochs=epochs,
+                           encode_options={"max_steps": 5})
+
+    memory = train_model(data, tmp_path / "memory", config(2), **options)
+    train_model(data, tmp_path / "lazy", config(1), lazy=True, **options)
+    lazy = train_model(data, tmp_path / "lazy", config(2), lazy=True, resume=True, **options)
     for (name, expected), got in zip(memory.decoder.state_dict().items(), lazy.decoder.state_dict().values()):
         assert torch.equal(expected, got), name
     strip = [{k: v for k, v in vars(r).items() if k != "seconds"} for r in memory.history]
@@ -224,14 +229,13 @@ def test_lazy_training_checks_every_sample_before_it_starts(tmp_path):
     x[6, 0, 0] = 1.5  # outside [0, 1] for bce
     data = write_input(tmp_path, ".h5", x)
     with pytest.raises(DataError, match="bce loss needs data in"):
-        train_model(data, tmp_path / "m", key="x", latent_dim=2, lazy=True, quiet=True)
+        train_model(data, tmp_path / "m", TrainConfig(latent_dim=2), key="x", lazy=True, quiet=True)
     assert not (tmp_path / "m").exists()
 
 
 def test_trainer_takes_sample_rows(tmp_path):
     """`Trainer.fit` and `evaluate` on `SampleRows` equal them on the array."""
     from gfe.data import SampleRows
-    from gfe.train import TrainConfig
 
     config = TrainConfig(method="gfe-amd", latent_dim=2, batch_size=4, encode_options={"max_steps": 5})
 

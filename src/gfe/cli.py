@@ -57,8 +57,12 @@ def _json_dict(text: str) -> dict:
 
 def _add_train(sub) -> None:
     from .start import START_MODES
+    from .gradients import GRADIENTS
+    from .losses import LOSSES
     from .methods import METHODS
-    from .train_config import OPTIMIZERS
+    from .models import DECODERS
+    from .normalise import NORMALISATIONS
+    from .train_config import ON_NONFINITE, OPTIMIZERS
 
     p = sub.add_parser(
         "train", help="train a decoder (GFE) or the autoencoder baseline",
@@ -73,26 +77,26 @@ def _add_train(sub) -> None:
     p.add_argument("--method", default="gfe-amd", choices=list(METHODS),
                    help="gfe-*: decoder trained on gradient-flow latents (flow and solver in the name); "
                         "ae: the autoencoder baseline with a mirrored encoder")
-    p.add_argument("--decoder", default="mlp", choices=["mlp", "conv1d", "conv2d"],
+    p.add_argument("--decoder", default="mlp", choices=list(DECODERS),
                    help="decoder architecture (the MLP is the paper's: hidden 150, 300, 600, ELU)")
     p.add_argument("--latent-dim", type=int, default=20)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=5)
     p.add_argument("--optimizer", default="rmsprop", choices=list(OPTIMIZERS))
     p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--loss", default="bce", choices=["bce", "mse", "poisson"],
+    p.add_argument("--loss", default="bce", choices=list(LOSSES),
                    help="bce for data in [0, 1], mse for real values, poisson for counts")
-    p.add_argument("--normalise", default="none", choices=["none", "mean"],
+    p.add_argument("--normalise", default="none", choices=list(NORMALISATIONS),
                    help="mean: divide each sample by its mean (over the mask of an INS spectra file), recorded "
                         "in the model so encode and decode apply and undo it (not with --loss poisson)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of DATA held out for validation")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--encode-options", type=_json_dict, default=None,
+    p.add_argument("--encode-options", type=_json_dict, default={},
                    help="JSON options for the flow during training, e.g. '{\"gtol\": 1e-3}'")
-    p.add_argument("--on-nonfinite", default="stop", choices=["stop", "skip"],
+    p.add_argument("--on-nonfinite", default="stop", choices=list(ON_NONFINITE),
                    help="when a batch's training loss is NaN or infinite: stop with an error naming the "
                         "epoch and batch, or skip that batch's update (counted in history.csv)")
-    p.add_argument("--gradient", default="approx", choices=["approx", "adjoint", "unrolled"],
+    p.add_argument("--gradient", default="approx", choices=list(GRADIENTS),
                    help="decoder gradient: approx holds the latents fixed (cheap; exact once the flow has "
                         "converged); adjoint (continuous adjoint) and unrolled (back-propagation through the "
                         "solver's steps) include how the latents depend on the decoder (see docs/gradients.md)")
@@ -131,18 +135,18 @@ def _add_train(sub) -> None:
 
 
 def _train(args) -> None:
+    import dataclasses
+
     from .distributed import process_group
+    from .train_config import TrainConfig
     from .workflows import train_model
 
+    options = vars(args)
+    config = TrainConfig(**{f.name: options[f.name] for f in dataclasses.fields(TrainConfig) if f.name in options})
     with process_group() as replicas:
-        train_model(args.data, args.out, key=args.key, method=args.method, decoder=args.decoder,
-                    latent_dim=args.latent_dim, epochs=args.epochs, batch_size=args.batch_size,
-                    optimizer=args.optimizer, lr=args.lr, loss=args.loss, val_fraction=args.val_fraction,
-                    seed=args.seed, encode_options=args.encode_options, normalise=args.normalise, resume=args.resume,
-                    quiet=args.quiet, tensorboard=args.tensorboard, replicas=replicas,
-                    gradient=args.gradient, on_nonfinite=args.on_nonfinite, start=args.start,
-                    encode_ahead=args.encode_ahead, refine_start=args.refine_start, lazy=args.lazy,
-                    latent_penalty=args.latent_penalty, latent_noise=args.latent_noise)
+        train_model(args.data, args.out, config, key=args.key, decoder=args.decoder, val_fraction=args.val_fraction,
+                    normalise=args.normalise, resume=args.resume, quiet=args.quiet, tensorboard=args.tensorboard,
+                    refine_start=args.refine_start, lazy=args.lazy, replicas=replicas)
 
 
 def _add_encode(sub) -> None:
@@ -494,6 +498,7 @@ def _bench_gradients(args) -> None:
 
 def _add_bench_solvers(bench) -> None:
     from .bench.solvers import SOLVER_SETTINGS
+    from .solvers import SOLVERS
 
     q = _flow_bench_parser(
         bench, "solvers", "decoder evaluations and seconds each solver needs to reach the same test loss",
@@ -501,7 +506,8 @@ def _add_bench_solvers(bench) -> None:
         "with each solver under step budgets 5, 10, 20, ... and report the evaluations and seconds of the first "
         "budget whose mean loss is within 1%% of the best any solver reached.", n_test=200)
     q.add_argument("--solvers", default=",".join(SOLVER_SETTINGS),
-                   help="comma-separated, from: " + ", ".join(SOLVER_SETTINGS))
+                   help="comma-separated settings, from: " + ", ".join(SOLVER_SETTINGS)
+                        + "; or any registered solver with its default options: " + ", ".join(SOLVERS))
     q.add_argument("--max-budget", type=int, default=2560, help="largest step budget tried")
     q.set_defaults(run=_bench_solvers)
 

@@ -18,12 +18,13 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from .encode import Encoding, encode
+from .encode import Encoding
+from .encode_settings import EncodeSettings
 from .errors import ConfigError, DataError, ModelFileError
 from .losses import link
+from .methods import flow_methods, method_spec
 from .models import DECODERS, build_decoder, default_decoder
 from .persist import load_model, save_model
-from .methods import flow_methods, method_spec
 from .train import Trainer
 from .train_config import TrainConfig
 
@@ -266,7 +267,8 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         return self._encode(validate_data(self, X, dtype=np.float32, reset=False))
 
     def _encode(self, X: np.ndarray) -> Encoding:
-        return encode(self.decoder_, X, z0=self.start_, **self._settings["encode"])
+        settings = EncodeSettings.resolve(self._settings["encode"], has_start=self.start_ is not None)
+        return settings.flow_encode(self.decoder_, self.start_, X)
 
     def transform(self, X):
         """Latents of X, shape (n_samples, latent_dim): each row's flow from its start."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from numbers import Integral
 
 from torch import Tensor, nn
@@ -216,10 +217,41 @@ class Conv2dEncoder(_ConvEncoder):
     kind, dims = "conv2d", 2
 
 
-DECODERS: dict[str, type[nn.Module]] = {
-    cls.kind: cls for cls in (MLPDecoder, Conv1dDecoder, Conv2dDecoder)}
-ENCODERS: dict[str, type[nn.Module]] = {
-    cls.kind: cls for cls in (MLPEncoder, Conv1dEncoder, Conv2dEncoder)}
+@dataclass(frozen=True)
+class DecoderSpec:
+    """A decoder architecture: its class (whose `config()` names `name` as its
+    `"type"` and whose constructor takes that config's other keys, `latent_dim` and
+    `out_shape` among them) and the autoencoder baseline's mirrored `encoder` class
+    (constructed with `in_shape` for `out_shape`), if it has one."""
+
+    name: str
+    decoder: type[nn.Module]
+    encoder: type[nn.Module] | None = None
+    summary: str = ""
+
+
+DECODERS: dict[str, DecoderSpec] = {}
+
+
+def register_decoder(spec: DecoderSpec) -> DecoderSpec:
+    """Add `spec` under `spec.name`: `gfe train --decoder`, `gfe.GFE(decoder=...)`, saving and loading accept it."""
+    if spec.name in DECODERS and DECODERS[spec.name] != spec:
+        raise ConfigError(f"a decoder named {spec.name!r} is registered already")
+    DECODERS[spec.name] = spec
+    return spec
+
+
+register_decoder(DecoderSpec("mlp", MLPDecoder, MLPEncoder, "fully connected; the paper's (hidden 150, 300, 600, ELU)"))
+register_decoder(DecoderSpec("conv1d", Conv1dDecoder, Conv1dEncoder, "transposed 1-D convolutions, for spectra"))
+register_decoder(DecoderSpec("conv2d", Conv2dDecoder, Conv2dEncoder, "transposed 2-D convolutions, for maps"))
+
+
+def decoder_classes() -> dict[str, type[nn.Module]]:
+    return {name: spec.decoder for name, spec in DECODERS.items()}
+
+
+def encoder_classes() -> dict[str, type[nn.Module]]:
+    return {name: spec.encoder for name, spec in DECODERS.items() if spec.encoder is not None}
 
 
 def build_registered(registry: dict, config, what: str) -> nn.Module:
@@ -238,18 +270,18 @@ def build_registered(registry: dict, config, what: str) -> nn.Module:
 
 def build_decoder(config: dict) -> nn.Module:
     """Rebuild a decoder (with fresh weights) from its `config()`."""
-    return build_registered(DECODERS, config, "decoder")
+    return build_registered(decoder_classes(), config, "decoder")
 
 
 def build_encoder_from_config(config: dict) -> nn.Module:
     """Rebuild an encoder (with fresh weights) from its `config()`."""
-    return build_registered(ENCODERS, config, "encoder")
+    return build_registered(encoder_classes(), config, "encoder")
 
 
 def build_encoder(decoder: nn.Module) -> nn.Module:
     """The autoencoder baseline's encoder, mirroring `decoder`'s architecture."""
     config = decoder.config() if hasattr(decoder, "config") else {}
-    if config.get("type") not in ENCODERS:
+    if config.get("type") not in encoder_classes():
         raise ConfigError(
             f"no mirrored encoder for {type(decoder).__name__}; known decoder types: {sorted(DECODERS)}")
     config["in_shape"] = config.pop("out_shape")

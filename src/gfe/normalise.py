@@ -17,12 +17,12 @@ from .losses import loss_spec
 NORMALISATIONS = ("none", "mean")
 
 
-def check_normalisation(kind: str, loss: str) -> None:
-    """Refuse unknown kinds, and normalising data for a loss that models them raw
+def check_normalisation(kind: str, loss: str | None = None) -> None:
+    """Refuse unknown kinds, and normalising data for a `loss` that models them raw
     (scaled counts are no longer counts, so the Poisson likelihood would be wrong)."""
     if kind not in NORMALISATIONS:
         raise ConfigError(f"unknown normalisation {kind!r}; expected one of {', '.join(NORMALISATIONS)}")
-    if kind != "none" and not loss_spec(loss).scalable:
+    if kind != "none" and loss is not None and not loss_spec(loss).scalable:
         raise ConfigError(f"the {loss} loss models raw counts; per-sample normalisation would turn them into "
                           f"non-counts. Use normalise='none' with {loss}, or the mse loss with normalisation")
 
@@ -33,7 +33,7 @@ def normalise(x: np.ndarray, kind: str, weights: np.ndarray | None = None) -> tu
     "mean": the weighted mean over features (`weights` of the feature shape, e.g.
     a mask); an all-zero spectrum keeps scale 1 rather than dividing by zero.
     """
-    check_normalisation(kind, "")
+    check_normalisation(kind)
     n = len(x)
     if kind == "none":
         return x, np.ones(n, dtype=x.dtype)

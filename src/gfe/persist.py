@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, ModelFileError
-from .models import DECODERS, ENCODERS, build_decoder, build_encoder_from_config
+from .models import build_decoder, build_encoder_from_config, decoder_classes, encoder_classes
 from .start import STARTS, build_start
 
 FORMAT = "gfe-model"
@@ -134,8 +134,8 @@ def save_model(directory, decoder: nn.Module, *, settings: dict, encoder: nn.Mod
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "gfe_version": gfe_version(),
-        "decoder": _registered_config(decoder, DECODERS, "decoder"),
-        "encoder": None if encoder is None else _registered_config(encoder, ENCODERS, "encoder"),
+        "decoder": _registered_config(decoder, decoder_classes(), "decoder"),
+        "encoder": None if encoder is None else _registered_config(encoder, encoder_classes(), "encoder"),
         "start": None if start is None else _registered_config(start, STARTS, "start"),
         "settings": settings,
     }

@@ -32,7 +32,8 @@ from .distributed import launch_rank, split_bounds
 from .errors import ConfigError, DataError
 from .latents import latents_writer, read_encoding, read_scale
 from .persist import atomic_write_text, load_model
-from .workflows import (ModelInput, _say, chunk_rows, encode_settings, encoding_provenance, model_input,
+from .encode_settings import EncodeSettings
+from .workflows import (ModelInput, _say, encoding_provenance, model_input,
                         write_encoded)
 
 MANIFEST = "manifest.json"
@@ -167,27 +168,27 @@ def encode_shards(model, data, outdir, *, shard: str | None = None, count: int |
     """
     indices, count = assigned_shards(shard, count)
     loaded = load_model(model)
-    settings = encode_settings(loaded, options)
+    settings = EncodeSettings.of_model(loaded, options)
     with open_samples(data, key) as samples:
-        inputs = model_input(loaded, samples, options)
+        inputs = model_input(loaded, samples, settings)
         if count > len(samples):
             raise ConfigError(f"cannot split {len(samples)} samples into {count} shards; use at most {len(samples)}")
-        chunk_size = chunk_rows(settings)
+        chunk_size = settings.chunk_size
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "model": str(model), "input": str(data),
             "model_weights_sha256": loaded.config["weights_sha256"],
             "samples_sha256": _samples_digest(inputs, chunk_size), "samples": len(samples), "shards": count,
-            "encode_settings": json.loads(json.dumps(settings)),
+            "encode_settings": json.loads(json.dumps(settings.record())),
         }
         outdir = Path(outdir)
         _claim_folder(outdir, manifest)
         origin = encoding_provenance(loaded, settings, data)
-        return [_encode_shard(outdir, index, manifest, chunk_size, loaded, inputs, options, origin, quiet)
+        return [_encode_shard(outdir, index, manifest, chunk_size, loaded, inputs, settings, origin, quiet)
                 for index in indices]
 
 
-def _encode_shard(outdir: Path, index: int, manifest: dict, chunk_size: int, loaded, inputs: ModelInput, options,
-                  origin: dict, quiet: bool) -> dict:
+def _encode_shard(outdir: Path, index: int, manifest: dict, chunk_size: int, loaded, inputs: ModelInput,
+                  settings: EncodeSettings, origin: dict, quiet: bool) -> dict:
     """Encode shard `index` unless its file is already there; its record for `encode_shards`."""
     count = manifest["shards"]
     start, stop = shard_bounds(manifest["samples"], count, index, chunk_size)
@@ -199,7 +200,7 @@ def _encode_shard(outdir: Path, index: int, manifest: dict, chunk_size: int, loa
         _say(quiet, f"shard {index}/{count} (samples {start}..{stop - 1}) is already done; skipped")
         return {**record, "done": "skipped", "seconds": meta.get("encode_seconds")}
     meta = {**origin, "shard": {**manifest, "index": index, "start": start, "stop": stop}}
-    summary = write_encoded(path, loaded, inputs, options, meta, start=start, stop=stop, progress=not quiet)
+    summary = write_encoded(path, loaded, inputs, settings, meta, start=start, stop=stop, progress=not quiet)
     _say(quiet, f"shard {index}/{count} (samples {start}..{stop - 1}) encoded in {summary['seconds']:.1f} s: mean "
                 f"loss {summary['mean_loss']:.5g}, {summary['mean_steps']:.1f} steps per sample; written to {path}")
     return {**record, "done": "encoded", "seconds": summary["seconds"]}

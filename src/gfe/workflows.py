@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import inspect
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -21,23 +20,24 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoint import LATEST
 from .data import SampleRows, Samples, load_dataset, open_samples, rows_named, split, validate_data
 from .distributed import Replicas
-from .encode import Encoding, FlowEncoder, as_weights, encode
+from .encode import Encoding, as_weights
+from .encode_settings import EncodeSettings
 from .errors import ConfigError, DataError
 from .ins.io import Grid, SpectraDataset, check_same_grid, grid_of
 from .latents import latents_path, latents_writer, provenance, read_latents, read_scale
 from .losses import link
-from .models import Conv1dDecoder, Conv2dDecoder, MLPDecoder
+from .models import DECODERS
 from .normalise import check_normalisation
 from .normalise import normalise as normalise_samples
 from .persist import atomic_path, file_sha256, load_model
 from .solvers import Status
-from .start import MAX_FEATURES, START_MODES
 from .tensorboard_log import TensorBoardLog
-from .train import REFINE_SAMPLES, TrainConfig, Trainer
+from .train import REFINE_SAMPLES, Trainer
+from .train_config import TrainConfig
 
-DECODER_KINDS = {"mlp": MLPDecoder, "conv1d": Conv1dDecoder, "conv2d": Conv2dDecoder}
 CHECKPOINTS = "checkpoints"
 
 
@@ -46,135 +46,120 @@ def _say(quiet: bool, text: str) -> None:
         print(text, flush=True)
 
 
-def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_dim=20, epochs=1, batch_size=5,
-                optimizer="rmsprop", lr=5e-4, loss="bce", val_fraction=0.1, seed=0, encode_options=None,
-                normalise="none", resume=False, quiet=False, tensorboard=None, gradient="approx", on_nonfinite="stop",
-                start="learned", encode_ahead=1, refine_start=False, lazy=False,
-                latent_penalty=0.0, latent_noise=0.0, replicas: Replicas = Replicas()) -> Trainer:
-    """Train on the samples in `data` and write the model directory `out`.
+def train_model(data, out, config: TrainConfig, *, key=None, decoder: str = "mlp", val_fraction: float = 0.1,
+                normalise: str = "none", resume: bool = False, quiet: bool = False, tensorboard=None,
+                refine_start: bool = False, lazy: bool = False, replicas: Replicas = Replicas()) -> Trainer:
+    """Train on the samples in `data` as `config` says and write the model directory `out`.
 
-    Checkpoints go to `out/checkpoints`; with `resume`, the run there continues
-    (to `epochs` epochs) instead of a new one being started. Refuses to start
-    over an existing run, so no work is lost by a mistyped command. The history
-    is written to `out/history.csv`, and with `tensorboard` (a folder) also as
-    TensorBoard scalars. With
-    `replicas` of a torchrun launch, batches are split across the processes and
-    only rank 0 writes files and reports. An INS spectra file's mask weighs
-    the loss, and its grid is recorded so that encoding data on another grid is
-    refused; `normalise` ("none" or "mean", per sample) is recorded too and
-    applied again when encoding. With `lazy`, .npy and HDF5 samples stay on disk
-    and each batch is read as it is needed (after one pass that checks them all),
-    for data larger than memory; the run is the same, bit for bit. With
+    `decoder` names a registered architecture (`gfe.models.DECODERS`). Checkpoints go
+    to `out/checkpoints`; with `resume`, the run there continues (to `config.epochs`
+    epochs; its other settings are the checkpoint's) instead of a new one being
+    started. Refuses to start over an existing run, so no work is lost by a mistyped
+    command. The history is written to `out/history.csv`, and with `tensorboard` (a
+    folder) also as TensorBoard scalars. With `replicas` of a torchrun launch, batches
+    are split across the processes and only rank 0 writes files and reports. An INS
+    spectra file's mask weighs the loss, and its grid is recorded so that encoding
+    data on another grid is refused; `normalise` ("none" or "mean", per sample) is
+    recorded too and applied again when encoding. With `lazy`, .npy and HDF5 samples
+    stay on disk and each batch is read as it is needed (after one pass that checks
+    them all), for data larger than memory; the run is the same, bit for bit. With
     `refine_start`, the saved start map is refitted on converged latents of the
     training samples (`Trainer.refine_start`; one process only).
-    `latent_penalty` and `latent_noise` regularise the latent space
-    (`TrainConfig`).
     """
-    if decoder not in DECODER_KINDS:
-        raise ConfigError(f"unknown decoder {decoder!r}; expected one of {', '.join(DECODER_KINDS)}")
+    if decoder not in DECODERS:
+        raise ConfigError(f"unknown decoder {decoder!r}; expected one of {', '.join(DECODERS)}")
     if not 0 <= val_fraction < 1:
         raise ConfigError(f"val_fraction must be in [0, 1); got {val_fraction}")
-    check_normalisation(normalise, loss)
+    check_normalisation(normalise, config.loss)
     out = Path(out)
-    checkpoints = out / CHECKPOINTS
     quiet = quiet or not replicas.is_writer
-    progress = not quiet
     with contextlib.ExitStack() as stack:  # holds the data file open while training reads it
         samples = stack.enter_context(open_samples(data, key))
-        dataset, feature_shape = samples.on_disk, tuple(samples.on_disk.x.shape[1:])
-        inputs = ModelInput(samples, normalise, getattr(dataset, "mask", None), loss)
-
-        def prepare(raw: np.ndarray) -> np.ndarray:
-            return validate_data(inputs.prepare(raw)[0], loss=loss)
-
-        if lazy:
-            x = SampleRows(samples, prepare)
-            x.check()
-        else:
-            x = prepare(samples.read())
-        n_val = int(round(val_fraction * len(x)))
-        x_train, x_val = split(x, len(x) - n_val, n_val, seed=seed)
-        if resume:
-            replicas.barrier()  # every replica resumes from the same checkpoint
-            trainer = Trainer.resume(checkpoints, progress=progress, replicas=replicas, weights=inputs.mask)
-            trainer.config = dataclasses.replace(trainer.config, epochs=epochs)
-            _say(quiet, f"resuming {checkpoints} after epoch {len(trainer.history)} of {epochs}")
-        else:
-            if (checkpoints / "latest.json").exists():
-                raise ConfigError(f"{out} already holds a training run; pass --resume to continue it, "
-                                  "or choose another --out")
-            config = TrainConfig(method=method, latent_dim=latent_dim, epochs=epochs, batch_size=batch_size,
-                                 optimizer=optimizer, lr=lr, loss=loss, seed=seed,
-                                 encode_options=dict(encode_options or {}), gradient=gradient,
-                                 on_nonfinite=on_nonfinite, start=start, encode_ahead=encode_ahead,
-                                 latent_penalty=latent_penalty, latent_noise=latent_noise)
-            torch.manual_seed(seed)
-            model = DECODER_KINDS[decoder](latent_dim, feature_shape)
-            trainer = Trainer(config, feature_shape, decoder=model, checkpoint_dir=checkpoints,
-                              progress=progress, replicas=replicas, weights=inputs.mask)
-
+        inputs = ModelInput(samples, normalise, getattr(samples.on_disk, "mask", None), config.loss)
+        x_train, x_val = _training_rows(inputs, val_fraction, config.seed, lazy)
+        trainer = _trainer(out / CHECKPOINTS, config, decoder, inputs, resume, quiet, replicas)
         if refine_start:  # refused before training, not after
             trainer.check_refine_start()
-
-        def report(_, record):
-            _say(quiet, f"epoch {record.epoch}: train loss {record.train_loss:.4f}, validation loss "
-                        f"{record.val_loss:.4f}, {record.seconds:.1f} s, {record.mean_steps:.1f} flow steps/sample"
-                        + (f", {record.skipped_batches} batches skipped (non-finite loss)"
-                           if record.skipped_batches else ""))
-
-        trainer.callbacks = (*trainer.callbacks, report)
+        trainer.callbacks = (*trainer.callbacks, _reporter(quiet))
         if tensorboard is not None and replicas.is_writer:
             trainer.callbacks = (*trainer.callbacks, stack.enter_context(TensorBoardLog(tensorboard)))
-        trainer.fit(x_train, x_val if n_val else None)
+        _say(quiet, f"training on {len(x_train)} samples, validating on {len(x_val) or 'none'}")
+        trainer.fit(x_train, x_val if len(x_val) else None)
         if refine_start:
             _say(quiet, f"refitting the start map on converged latents of {min(len(x_train), REFINE_SAMPLES)} "
                         "training samples")
             trainer.refine_start(x_train)
-    if not replicas.is_writer:
-        return trainer
-    grid = grid_of(dataset).to_record() if isinstance(dataset, SpectraDataset) else None
-    trainer.save_model(out, extra_settings={"data": str(data), "scaling": dataset.scaling,
-                                            "feature_shape": list(feature_shape), "normalise": normalise,
-                                            "grid": grid})
-    trainer.write_history_csv(out / "history.csv")
-    _say(quiet, f"model written to {out}")
+    if replicas.is_writer:
+        _save_trained(trainer, out, data, samples.on_disk, normalise)
+        _say(quiet, f"model written to {out}")
     return trainer
 
 
-def encode_settings(loaded, options: dict | None) -> dict:
-    """The model's stored encode settings with the user's `options` on top,
-    including where flows start: "learned" (the model's start map, if it has
-    one, the default) or "zero". Both read each sample alone, so a latent does
-    not depend on the chunk or shard it is encoded in; a random start would, and
-    is refused."""
-    settings = {"start": "learned" if loaded.start is not None else "zero",
-                **loaded.settings.get("encode", {}), **(options or {})}
-    if settings.get("seed") is not None or settings.get("z0") is not None:
-        raise ConfigError("gfe encodes data files from the model's start (a random start would depend on how the "
-                          "samples are chunked or sharded); 'seed' and 'z0' are options of gfe.encode on arrays")
-    if settings["start"] not in START_MODES:
-        raise ConfigError(f"start must be one of {', '.join(START_MODES)}; got {settings['start']!r}")
-    if settings["start"] == "learned" and loaded.start is None:
-        raise ConfigError("this model has no learned start map (trained with start='zero', on more than "
-                          f"{MAX_FEATURES} features, or by an older gfe); encode with start='zero'")
-    return settings
+def _training_rows(inputs: ModelInput, val_fraction: float, seed: int, lazy: bool):
+    """Training and validation samples, prepared as the model will see them (checked
+    and normalised); with `lazy`, rows on disk read a batch at a time."""
+
+    def prepare(raw: np.ndarray) -> np.ndarray:
+        return validate_data(inputs.prepare(raw)[0], loss=inputs.loss)
+
+    if lazy:
+        x = SampleRows(inputs.samples, prepare)
+        x.check()
+    else:
+        x = prepare(inputs.samples.read())
+    n_val = int(round(val_fraction * len(x)))
+    return split(x, len(x) - n_val, n_val, seed=seed)
 
 
-def chunk_rows(settings: dict) -> int:
-    """Samples per solver call (`chunk_size`): files are read and encoded in
-    chunks of this size, the chunks an in-memory encoding would make."""
-    return settings.get("chunk_size", inspect.signature(FlowEncoder).parameters["chunk_size"].default)
+def _trainer(checkpoints: Path, config: TrainConfig, decoder: str, inputs: ModelInput, resume: bool, quiet: bool,
+             replicas: Replicas) -> Trainer:
+    """A trainer resumed from `checkpoints`, or a new one (refused over an existing run)."""
+    progress = not quiet
+    if resume:
+        replicas.barrier()  # every replica resumes from the same checkpoint
+        trainer = Trainer.resume(checkpoints, progress=progress, replicas=replicas, weights=inputs.mask)
+        trainer.config = dataclasses.replace(trainer.config, epochs=config.epochs)
+        _say(quiet, f"resuming {checkpoints} after epoch {len(trainer.history)} of {config.epochs}")
+        return trainer
+    if (checkpoints / LATEST).exists():
+        raise ConfigError(f"{checkpoints.parent} already holds a training run; pass --resume to continue it, "
+                          "or choose another --out")
+    feature_shape = tuple(inputs.samples.on_disk.x.shape[1:])
+    with torch.random.fork_rng(devices=[]):  # seeded initial weights; the caller's RNG is left alone
+        torch.manual_seed(config.seed)
+        model = DECODERS[decoder].decoder(config.latent_dim, feature_shape)
+    return Trainer(config, feature_shape, decoder=model, checkpoint_dir=checkpoints, progress=progress,
+                   replicas=replicas, weights=inputs.mask)
 
 
-def encode_samples(loaded, x: np.ndarray, options: dict | None, *, progress: bool = False,
+def _reporter(quiet: bool):
+    """A callback that prints each epoch's losses."""
+
+    def report(_, record):
+        _say(quiet, f"epoch {record.epoch}: train loss {record.train_loss:.4f}, validation loss "
+                    f"{record.val_loss:.4f}, {record.seconds:.1f} s, {record.mean_steps:.1f} flow steps/sample"
+                    + (f", {record.skipped_batches} batches skipped (non-finite loss)"
+                       if record.skipped_batches else ""))
+
+    return report
+
+
+def _save_trained(trainer: Trainer, out: Path, data, dataset, normalise: str) -> None:
+    """The model directory with how its data were read and prepared, and the history."""
+    grid = grid_of(dataset).to_record() if isinstance(dataset, SpectraDataset) else None
+    trainer.save_model(out, extra_settings={"data": str(data), "scaling": dataset.scaling,
+                                            "feature_shape": list(trainer.decoder.out_shape), "normalise": normalise,
+                                            "grid": grid})
+    trainer.write_history_csv(out / "history.csv")
+
+
+def encode_samples(loaded, x: np.ndarray, settings: EncodeSettings, *, progress: bool = False,
                    weights=None) -> Encoding:
-    """Encode samples with a loaded model: the flow, or an autoencoder's encoder
-    unless encode `options` ask for the flow. `weights` (a mask) weigh the loss."""
-    settings = encode_settings(loaded, options)
-    if loaded.encoder is not None and not options:
-        return _encode_with_encoder(loaded, x, settings["loss"], weights)
-    z0 = loaded.start if settings.pop("start") == "learned" else None
-    return encode(loaded.decoder, x, progress=progress, weights=weights, z0=z0, **settings)
+    """Encode samples with a loaded model as `settings` say: by the flow, or with an
+    autoencoder's encoder. `weights` (a mask) weigh the loss."""
+    if settings.with_encoder:
+        return _encode_with_encoder(loaded, x, settings.loss, weights)
+    return settings.flow_encode(loaded.decoder, loaded.start, x, weights=weights, progress=progress)
 
 
 @dataclass(frozen=True)
@@ -200,7 +185,7 @@ class ModelInput:
                 yield lo, *self.prepare(raw)
 
 
-def model_input(loaded, samples: Samples, options: dict | None = None) -> ModelInput:
+def model_input(loaded, samples: Samples, settings: EncodeSettings) -> ModelInput:
     """`samples` as `loaded` was trained on them: the same grid (else a
     `DataError`), its normalisation and the spectra's mask."""
     dataset = samples.on_disk
@@ -208,16 +193,16 @@ def model_input(loaded, samples: Samples, options: dict | None = None) -> ModelI
     if grid is not None and isinstance(dataset, SpectraDataset):
         check_same_grid(Grid.from_record(grid), dataset, names=("the model's training spectra", dataset.name))
     return ModelInput(samples, loaded.settings.get("normalise", "none"), getattr(dataset, "mask", None),
-                      encode_settings(loaded, options).get("loss"))
+                      settings.loss)
 
 
-def encoding_provenance(loaded, settings: dict, data) -> dict:
+def encoding_provenance(loaded, settings: EncodeSettings, data) -> dict:
     """Provenance of latents encoded from `data`, with its file's digest when it is a file."""
     digest = file_sha256(data) if Path(str(data)).is_file() else None
-    return provenance(model_config=loaded.config, settings=settings, input_path=data, input_sha256=digest)
+    return provenance(model_config=loaded.config, settings=settings.record(), input_path=data, input_sha256=digest)
 
 
-def write_encoded(path, loaded, inputs: ModelInput, options: dict | None, meta: dict, *, start: int = 0,
+def write_encoded(path, loaded, inputs: ModelInput, settings: EncodeSettings, meta: dict, *, start: int = 0,
                   stop: int | None = None, progress: bool = False) -> dict:
     """Encode samples `start:stop` of `inputs` into the latents file `path`.
 
@@ -227,15 +212,14 @@ def write_encoded(path, loaded, inputs: ModelInput, options: dict | None, meta: 
     bit for bit. The file appears only once complete (`latents_writer`). Returns
     `Encoding.summary()`'s keys for all the samples, and the seconds spent.
     """
-    settings = encode_settings(loaded, options)
     stop = len(inputs.samples) if stop is None else stop
     totals = _Totals()
     began = time.perf_counter()
     with latents_writer(path, stop - start, meta) as writer, contextlib.ExitStack() as stack:
         bar = None  # shown from the first encoded chunk on, so that bad input gets a clean error line
-        for lo, x, scale in inputs.chunks(chunk_rows(settings), start, stop):
+        for lo, x, scale in inputs.chunks(settings.chunk_size, start, stop):
             with rows_named(inputs.samples.on_disk.name, lo, lo + len(x), len(inputs.samples)):
-                encoding = encode_samples(loaded, x, options, weights=inputs.mask)
+                encoding = encode_samples(loaded, x, settings, weights=inputs.mask)
             writer.append(encoding, None if scale is None else {"scale": scale})
             totals.add(encoding)
             if bar is None:
@@ -272,10 +256,11 @@ def encode_file(model, data, output, *, key=None, options=None, quiet=False) -> 
     as needed, so data larger than memory can be encoded. Returns the summary."""
     output = latents_path(output)
     loaded = load_model(model)
+    settings = EncodeSettings.of_model(loaded, options)
     with open_samples(data, key) as samples:
-        inputs = model_input(loaded, samples, options)
-        meta = encoding_provenance(loaded, encode_settings(loaded, options), data)
-        summary = write_encoded(output, loaded, inputs, options, meta, progress=not quiet)
+        inputs = model_input(loaded, samples, settings)
+        meta = encoding_provenance(loaded, settings, data)
+        summary = write_encoded(output, loaded, inputs, settings, meta, progress=not quiet)
     _say(quiet, f"encoded {summary['samples']} samples: mean loss {summary['mean_loss']:.5g}, "
                 f"{summary['mean_steps']:.1f} steps and {summary['mean_nfe']:.1f} decoder evaluations per "
                 f"sample, status {summary['status']}; written to {output}")
@@ -357,7 +342,7 @@ def plot_model(model, data, out, *, key=None, samples=500, show=8, quiet=False) 
         raise ConfigError(f"samples and show must be positive; got {samples} and {show}")
     loaded = load_model(model)
     x = load_dataset(data, key).x[:samples]
-    encoding = encode_samples(loaded, x, None, progress=not quiet)
+    encoding = encode_samples(loaded, x, EncodeSettings.of_model(loaded), progress=not quiet)
     z = encoding.z.detach().numpy()
     name = Path(model).name
     out = Path(out)

@@ -14,8 +14,10 @@ import time
 
 from ..data import load_dataset, split
 from ..encode import encode
-from ..solvers import Status
-from ..train import TrainConfig, Trainer
+from ..errors import ConfigError
+from ..solvers import SOLVERS, Status
+from ..train import Trainer
+from ..train_config import TrainConfig
 from .data_efficiency import _decoder, machine
 
 SOLVER_SETTINGS = {
@@ -27,6 +29,17 @@ SOLVER_SETTINGS = {
     "adam": {"solver": "adam", "lr": 5e-3},
     "lbfgs": {"solver": "lbfgs"},
 }
+
+
+def solver_settings(name: str) -> dict:
+    """The encode options of a benchmark setting: a named one above, else any
+    registered solver (`gfe.solvers.SOLVERS`) with its default options."""
+    if name in SOLVER_SETTINGS:
+        return SOLVER_SETTINGS[name]
+    if name in SOLVERS:
+        return {"solver": name}
+    raise ConfigError(f"unknown solver setting {name!r}; expected one of "
+                      f"{', '.join(dict.fromkeys([*SOLVER_SETTINGS, *SOLVERS]))}")
 
 
 def trained_decoder(data, n_train: int, latent_dim: int, seed: int, progress: bool, train_encode=None):
@@ -57,12 +70,13 @@ def _sweep(decoder, x, settings: dict, max_budget: int) -> list[dict]:
 def run(dataset: str = "mnist", *, n_train: int = 1000, n_test: int = 200, solvers=tuple(SOLVER_SETTINGS),
         max_budget: int = 2560, tolerance: float = 0.01, latent_dim: int = 20, seed: int = 0,
         train_encode: dict | None = None, progress: bool = True) -> dict:
+    settings = {name: solver_settings(name) for name in solvers}
     data = load_dataset(dataset)
     decoder = trained_decoder(data, n_train, latent_dim, seed, progress, train_encode)
     _, x_test = split(data.x, n_train, n_test, seed=seed)
     sweeps = {}
     for name in solvers:
-        sweeps[name] = _sweep(decoder, x_test, SOLVER_SETTINGS[name], max_budget)
+        sweeps[name] = _sweep(decoder, x_test, settings[name], max_budget)
         if progress:
             last = sweeps[name][-1]
             print(f"{name:>13}: best mean loss {min(r['mean_loss'] for r in sweeps[name]):.5f} "
@@ -73,7 +87,7 @@ def run(dataset: str = "mnist", *, n_train: int = 1000, n_test: int = 200, solve
     results = []
     for name, runs in sweeps.items():
         hit = next((r for r in runs if r["mean_loss"] <= target), None)
-        results.append({"solver": name, "settings": SOLVER_SETTINGS[name], "reached_target": hit is not None,
+        results.append({"solver": name, "settings": settings[name], "reached_target": hit is not None,
                         "mean_nfe_to_target": hit and hit["mean_nfe"], "seconds_to_target": hit and hit["seconds"],
                         "budget_to_target": hit and hit["budget"],
                         "best_mean_loss": min(r["mean_loss"] for r in runs), "sweep": runs})
