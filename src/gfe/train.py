@@ -33,7 +33,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import SampleRows, validate_data
 from .distributed import Replicas
 from .encode import FlowEncoder, as_weights, threads_for_rows
 from .errors import ConfigError, GFEError, ModelFileError, TrainingError
@@ -41,6 +40,7 @@ from .gradients import check_gradient, flow_gradients
 from .losses import Loss
 from .models import build_encoder, default_decoder
 from .persist import atomic_path, atomic_write_text, file_sha256, load_model, save_model
+from .samples import SampleRows, validate_data
 from .start import MAX_FEATURES, START_MODES, RidgeFit, RidgeStart, can_learn_start, metric_from_hessian
 
 METHODS = {
@@ -189,7 +189,7 @@ class Trainer:
     the processes of a `torchrun` launch; the result matches one process.
     `weights` (the feature shape; zeros mask features out, e.g. detector gaps)
     weigh the loss in the flow, in the decoder's updates and in `evaluate`.
-    `fit` and `evaluate` take arrays, or `gfe.data.SampleRows` for samples read
+    `fit` and `evaluate` take arrays, or `gfe.samples.SampleRows` for samples read
     from disk a batch at a time.
     """
 

@@ -18,9 +18,10 @@ import time
 import numpy as np
 import torch
 
-from ..data import load_dataset, split
+from ..data import load_dataset
 from ..encode import encode
 from ..models import MLPDecoder, default_decoder
+from ..samples import split
 from ..train import METHODS, TrainConfig, Trainer
 
 def _decoder(shape: tuple[int, ...], latent_dim: int, seed: int):

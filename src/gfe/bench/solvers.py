@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import time
 
-from ..data import load_dataset, split
+from ..data import load_dataset
 from ..encode import encode
+from ..samples import split
 from ..solvers import Status
 from ..train import TrainConfig, Trainer
 from .data_efficiency import _decoder, machine
