@@ -6,7 +6,8 @@ import h5py
 import numpy as np
 import pytest
 
-from gfe.data import load_dataset, read_array, split, validate_data
+from gfe.data import load_dataset, read_array
+from gfe.samples import split, validate_data
 from gfe.errors import ConfigError, DataError
 
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-10k.npz"  # ../shared beside the repo

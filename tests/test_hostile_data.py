@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import gfe
-from gfe.data import load_dataset, read_array, validate_data
+from gfe.data import load_dataset, read_array
+from gfe.samples import validate_data
 from gfe.errors import GFEError
 from gfe.losses import LOSSES
 from gfe.models import MLPDecoder

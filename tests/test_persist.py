@@ -2,6 +2,10 @@
 
 import hashlib
 import json
+import os
+import stat
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -163,3 +167,23 @@ def test_file_sha256_streams_large_files(tmp_path):
     data = bytes(range(256)) * 10_000  # larger than one read chunk
     (tmp_path / "f").write_bytes(data)
     assert file_sha256(tmp_path / "f") == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_importing_persist_leaves_the_umask_alone():
+    """Not even set and restored: a thread creating a file meanwhile would get the wrong mode."""
+    code = ("import os; calls = []; umask = os.umask; os.umask = lambda mask: calls.append(mask) or umask(mask); "
+            "umask(0o027); import gfe.persist; print(calls, oct(umask(0o022)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["[]", "0o27"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_atomic_writes_give_files_the_permissions_open_gives(tmp_path):
+    """0o666 less the umask, as for any new file, not mkstemp's owner-only 0o600."""
+    old = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640

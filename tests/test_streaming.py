@@ -235,7 +235,7 @@ def test_lazy_training_checks_every_sample_before_it_starts(tmp_path):
 
 def test_trainer_takes_sample_rows(tmp_path):
     """`Trainer.fit` and `evaluate` on `SampleRows` equal them on the array."""
-    from gfe.data import SampleRows
+    from gfe.samples import SampleRows
 
     config = TrainConfig(method="gfe-amd", latent_dim=2, batch_size=4, encode_options={"max_steps": 5})
 

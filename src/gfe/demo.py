@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import load_dataset, split
+from .data import load_dataset
 from .losses import link
 from .models import MLPDecoder
 from .persist import atomic_write_text
 from .plots import plot_curves, plot_reconstructions
+from .samples import split
 from .train import TrainConfig, Trainer
 
 METHODS = ("gfe-amd", "ae")

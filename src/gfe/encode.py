@@ -14,6 +14,7 @@ from .errors import ConfigError, DataError
 from .flows import make_flow
 from .losses import Loss
 from .objective import Objective
+from .samples import validate_data
 from .solvers import Status, StopRule, solver_spec
 
 
@@ -191,8 +192,6 @@ def encode(
 
 def _as_batch(decoder: nn.Module, x, loss: str, like: torch.Tensor) -> torch.Tensor:
     """Validate data and bring it to the decoder's dtype and device."""
-    from .data import validate_data
-
     array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     dtype = np.float64 if like.dtype == torch.float64 else np.float32
     array = validate_data(array, feature_shape=tuple(decoder.out_shape), loss=loss, dtype=dtype)

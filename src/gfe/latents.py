@@ -25,6 +25,7 @@ import h5py
 import numpy as np
 import torch
 
+from .data import read_array
 from .encode import Encoding
 from .errors import DataError
 from .persist import atomic_path, gfe_version
@@ -175,8 +176,6 @@ def read_encoding(path) -> tuple[Encoding, dict]:
 def read_latents(path) -> tuple[np.ndarray, dict]:
     """The latents `z` of a file written by `write_latents` (or any array file
     holding an (N, d) array), and its provenance (empty if it has none)."""
-    from .data import read_array
-
     path = Path(path)
     suffix = path.suffix.lower()
     meta: dict = {}

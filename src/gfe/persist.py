@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
@@ -36,12 +35,6 @@ WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "config.json"
 _REQUIRED_KEYS = ("format", "format_version", "decoder", "encoder", "settings", "weights_sha256")
 
-# mkstemp creates files readable by the owner only; give replaced files the
-# permissions an ordinary open() would. Read once: os.umask can only be read by
-# setting it, which is not thread-safe.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
 
 def _fsync_directory(directory: Path) -> None:
     """Make a rename durable; POSIX only (Windows cannot open directories)."""
@@ -51,6 +44,19 @@ def _fsync_directory(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _new_temporary(path: Path) -> Path:
+    """A new empty file next to `path`, created as open() creates files (0o666
+    less the umask; mkstemp gives 0o600), so that the file replacing `path` has
+    ordinary permissions without reading the umask, which only setting it can."""
+    while True:
+        temporary = path.with_name(f".{path.stem}.{os.urandom(4).hex()}.tmp{path.suffix}")
+        try:
+            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return temporary
 
 
 @contextlib.contextmanager
@@ -63,14 +69,11 @@ def atomic_path(path) -> Iterator[Path]:
     otherwise.
     """
     path = Path(path)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
-    temporary = Path(name)
+    temporary = _new_temporary(path)
     try:
         yield temporary
         with open(temporary, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(temporary, 0o666 & ~_UMASK)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)

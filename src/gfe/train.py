@@ -27,7 +27,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import read_checkpoint, write_checkpoint
-from .data import SampleRows, validate_data
 from .distributed import Replicas
 from .encode import as_weights, threads_for_rows
 from .errors import ConfigError, ModelFileError, TrainingError
@@ -36,6 +35,7 @@ from .latent_sources import FlowLatents, latent_source
 from .losses import Loss
 from .models import default_decoder
 from .persist import atomic_path, load_model, save_model
+from .samples import SampleRows, validate_data
 from .start import RidgeStart
 from .train_config import OPTIMIZERS, EpochRecord, TrainConfig
 
@@ -53,7 +53,7 @@ class Trainer:
     the processes of a `torchrun` launch; the result matches one process.
     `weights` (the feature shape; zeros mask features out, e.g. detector gaps)
     weigh the loss in the flow, in the decoder's updates and in `evaluate`.
-    `fit` and `evaluate` take arrays, or `gfe.data.SampleRows` for samples read
+    `fit` and `evaluate` take arrays, or `gfe.samples.SampleRows` for samples read
     from disk a batch at a time.
     """
 

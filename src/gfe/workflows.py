@@ -21,18 +21,19 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import LATEST
-from .data import SampleRows, Samples, load_dataset, open_samples, rows_named, split, validate_data
+from .data import load_dataset, open_samples
 from .distributed import Replicas
 from .encode import Encoding, as_weights
 from .encode_settings import EncodeSettings
 from .errors import ConfigError, DataError
 from .ins.io import Grid, SpectraDataset, check_same_grid, grid_of
 from .latents import latents_path, latents_writer, provenance, read_latents, read_scale
-from .losses import link
+from .losses import Loss, link
 from .models import DECODERS
 from .normalise import check_normalisation
 from .normalise import normalise as normalise_samples
 from .persist import atomic_path, file_sha256, load_model
+from .samples import SampleRows, Samples, rows_named, split, validate_data
 from .solvers import Status
 from .tensorboard_log import TensorBoardLog
 from .train import REFINE_SAMPLES, Trainer
@@ -269,8 +270,6 @@ def encode_file(model, data, output, *, key=None, options=None, quiet=False) -> 
 
 def _encode_with_encoder(loaded, x: np.ndarray, loss_name: str, weights=None) -> Encoding:
     """An autoencoder model's latents come from its encoder (one forward pass)."""
-    from .losses import Loss
-
     with torch.no_grad():
         xt = torch.from_numpy(x)
         z = loaded.encoder(xt)

@@ -18,10 +18,11 @@ import time
 import numpy as np
 import torch
 
-from ..data import load_dataset, split
+from ..data import load_dataset
 from ..encode import encode
 from ..models import MLPDecoder, default_decoder
 from ..methods import METHODS
+from ..samples import split
 from ..train import Trainer
 from ..train_config import TrainConfig
 

@@ -19,12 +19,13 @@ import time
 import numpy as np
 import torch
 
-from ..data import load_dataset, split
+from ..data import load_dataset
 from ..encode import encode
 from ..losses import Loss
 from ..models import MLPDecoder
 from ..objective import Objective
 from ..persist import load_model
+from ..samples import split
 from ..train import TrainConfig, Trainer
 
 SETTINGS = {

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import time
 
-from ..data import load_dataset, split
+from ..data import load_dataset
+from ..samples import split
 from ..train import TrainConfig, Trainer
 from .data_efficiency import _decoder, machine
 

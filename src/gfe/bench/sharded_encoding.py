@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import load_dataset, split
+from ..data import load_dataset
 from ..latents import read_encoding
+from ..samples import split
 from ..shards import merge_shards, shard_path
 from ..train import TrainConfig, Trainer
 from .data_efficiency import _decoder

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import time
 
-from ..data import load_dataset, split
+from ..data import load_dataset
 from ..encode import encode
 from ..errors import ConfigError
+from ..samples import split
 from ..solvers import SOLVERS, Status
 from ..train import Trainer
 from ..train_config import TrainConfig

@@ -24,8 +24,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..data import Dataset, Samples
 from ..errors import DataError
+from ..samples import Dataset, Samples
 
 FORMAT = "gfe-ins"
 FORMAT_VERSION = 1
@@ -35,7 +35,7 @@ _KIND_OF_NDIM = {3: "powder-map", 2: "spectrum-1d"}  # spectra's ndim, with the 
 
 @dataclass(frozen=True)
 class SpectraDataset(Dataset):
-    """A `gfe.data.Dataset` of INS spectra plus their axes and labels.
+    """A `gfe.samples.Dataset` of INS spectra plus their axes and labels.
 
     `q_grid` is None for 1-D spectra; `labels`, `label_names` and `mask` are None
     when the file has none. `attrs` holds the file's attributes (provenance,
@@ -160,7 +160,7 @@ def is_spectra_file(path) -> bool:
 
 @contextlib.contextmanager
 def open_spectra(path) -> Iterator[Samples]:
-    """An INS spectra file as `gfe.data.Samples`: grids, labels and mask read,
+    """An INS spectra file as `gfe.samples.Samples`: grids, labels and mask read,
     the spectra read as they are indexed while the block runs."""
     path = Path(path)
     if not path.is_file():

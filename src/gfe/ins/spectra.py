@@ -45,9 +45,8 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from .. import __version__ as gfe_version
 from ..errors import ConfigError
-from ..persist import atomic_path
+from ..persist import atomic_path, gfe_version
 from .io import FORMAT, FORMAT_VERSION, KINDS
 from .lattice import (FAMILIES, PARAMETER_NAMES, SPECIES, BvKModel, ParameterRanges, draw_model, max_frequency,
                       supercell_force_constants)
@@ -296,6 +295,6 @@ def _write(f: h5py.File, config: Settings, seed: int, results, euphonic_version:
     labels.attrs["family_names"] = list(FAMILIES)  # the "family" label indexes this list
     f.attrs.update({
         "format": FORMAT, "format_version": FORMAT_VERSION, "kind": config.kind, "seed": seed,
-        "settings": config.to_json(), "gfe_version": gfe_version, "euphonic_version": euphonic_version,
+        "settings": config.to_json(), "gfe_version": gfe_version(), "euphonic_version": euphonic_version,
         "numpy_version": np.__version__, "h5py_version": h5py.__version__,
     })
