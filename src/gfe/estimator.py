@@ -302,7 +302,11 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         """Write the fitted model as safetensors weights plus JSON (`gfe.save_model`):
         loading it never runs code, unlike a pickle."""
         check_is_fitted(self)
-        fitted = {"n_features_in": self.n_features_in_, "n_iter": self.n_iter_, "history": self.history_,
+        # Every constructor parameter, so that `load` restores them all; random_state as the seed fit
+        # used, which is what it meant for this model (a RandomState cannot be written as JSON).
+        params = {name: _plain(value) for name, value in self.get_params().items()}
+        fitted = {"params": {**params, "random_state": self._settings["train_config"]["seed"]},
+                  "n_features_in": self.n_features_in_, "n_iter": self.n_iter_, "history": self.history_,
                   "reconstruction_err": self.reconstruction_err_, "encode_stats": self.encode_stats_}
         if hasattr(self, "feature_names_in_"):
             fitted["feature_names_in"] = self.feature_names_in_.tolist()
@@ -311,24 +315,29 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     @classmethod
     def load(cls, directory) -> "GFE":
-        """A fitted GFE from a model directory written by `save`, or by `Trainer`
-        or the command line for a gradient-flow method (then `reconstruction_err_`
-        and `encode_stats_`, which only `fit` records, are None, `history_` is
-        empty and `n_iter_` is the configured number of epochs)."""
+        """A fitted GFE from a model directory written by `save`, with the
+        parameters it was saved with (an int `random_state` in place of a
+        RandomState or None: the seed `fit` drew), so `clone` retrains the same
+        model; or by `Trainer` or the command line for a gradient-flow method
+        (then the parameters are those its training config records,
+        `reconstruction_err_` and `encode_stats_`, which only `fit` records, are
+        None, `history_` is empty and `n_iter_` is the configured number of epochs)."""
         loaded = load_model(directory)
         settings = dict(loaded.settings)
         if loaded.encoder is not None or "train_config" not in settings or "encode" not in settings:
             raise ModelFileError(f"{directory} does not hold a gradient-flow model that GFE can load")
         train = settings["train_config"]
-        decoder = loaded.decoder.config()
-        out_shape = decoder.pop("out_shape")
-        decoder.pop("latent_dim")
-        model = cls(
-            train["latent_dim"], method=train["method"], loss=train["loss"], decoder=decoder,
-            feature_shape=None if len(out_shape) == 1 else tuple(out_shape), epochs=train["epochs"],
-            batch_size=train["batch_size"], optimizer=train["optimizer"], lr=train["lr"],
-            encode_options=train["encode_options"], random_state=train["seed"])
+        out_shape = loaded.decoder.out_shape
         fitted = settings.pop("estimator", {})
+        params = fitted.get("params")
+        if params is None:  # written by Trainer, `gfe train` or an older gfe: the training config's share
+            decoder = {k: v for k, v in loaded.decoder.config().items() if k not in _SET_BY_GFE}
+            params = {name: train[name] for name in cls._get_param_names() if name in train}
+            params.update(decoder=decoder, feature_shape=None if len(out_shape) == 1 else tuple(out_shape),
+                          random_state=train["seed"])
+        elif isinstance(params.get("feature_shape"), list):  # JSON has no tuples
+            params = {**params, "feature_shape": tuple(params["feature_shape"])}
+        model = cls(**params)
         model.decoder_ = loaded.decoder
         model.start_ = loaded.start
         model._settings = settings
