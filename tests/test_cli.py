@@ -199,3 +199,30 @@ def test_npz_latents_carry_provenance_without_pickle(workdir, tmp_path):
         assert {"z", "loss", "steps", "nfe", "status", "t", "provenance"} <= set(archive.files)
     _, meta = read_latents(tmp_path / "z.npz")
     assert meta["model_weights_sha256"] == gfe.load_model(workdir / "model").config["weights_sha256"]
+
+
+def test_train_model_seeds_its_decoder_without_touching_the_global_rng(workdir, tmp_path, monkeypatch):
+    """The initial weights are those of a decoder built right after
+    `torch.manual_seed(seed)`, as ever, but the caller's RNG state is left alone."""
+    import torch
+
+    import gfe.workflows
+    from gfe.models import MLPDecoder
+
+    initial = {}
+
+    class Recording(gfe.workflows.Trainer):
+        def __init__(self, config, feature_shape, *, decoder, **kwargs):
+            initial.update({name: t.clone() for name, t in decoder.state_dict().items()})
+            super().__init__(config, feature_shape, decoder=decoder, **kwargs)
+
+    monkeypatch.setattr(gfe.workflows, "Trainer", Recording)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    gfe.workflows.train_model(workdir / "images.npy", tmp_path / "m", latent_dim=2, batch_size=8, seed=5,
+                              encode_options={"max_steps": 5}, quiet=True)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(5)
+    expected = MLPDecoder(2, (4, 4)).state_dict()
+    assert initial.keys() == expected.keys()
+    assert all(torch.equal(initial[name], expected[name]) for name in expected)

@@ -108,8 +108,9 @@ def train_model(data, out, *, key=None, method="gfe-amd", decoder="mlp", latent_
                                  encode_options=dict(encode_options or {}), gradient=gradient,
                                  on_nonfinite=on_nonfinite, start=start, encode_ahead=encode_ahead,
                                  latent_penalty=latent_penalty, latent_noise=latent_noise)
-            torch.manual_seed(seed)
-            model = DECODER_KINDS[decoder](latent_dim, feature_shape)
+            with torch.random.fork_rng(devices=[]):  # seeded initial weights; the caller's RNG is left alone
+                torch.manual_seed(seed)
+                model = DECODER_KINDS[decoder](latent_dim, feature_shape)
             trainer = Trainer(config, feature_shape, decoder=model, checkpoint_dir=checkpoints,
                               progress=progress, replicas=replicas, weights=inputs.mask)
 
