@@ -3,6 +3,7 @@ and the one-line errors users get for bad input."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 import gfe
-from gfe.cli import main
+from gfe.cli import build_parser, main
 
 TRAIN = ["--latent-dim", "2", "--epochs", "2", "--batch-size", "8", "--optimizer", "adam", "--lr", "0.01",
          "--encode-options", '{"max_steps": 20}', "--quiet"]
@@ -226,3 +227,38 @@ def test_train_model_seeds_its_decoder_without_touching_the_global_rng(workdir, 
     expected = MLPDecoder(2, (4, 4)).state_dict()
     assert initial.keys() == expected.keys()
     assert all(torch.equal(initial[name], expected[name]) for name in expected)
+
+
+def subparser(*names: str) -> argparse.ArgumentParser:
+    """The parser of `gfe NAME [NAME ...]`."""
+    parser = build_parser()
+    for name in names:
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    return parser
+
+
+def option_help(text: str) -> dict[str, str]:
+    """Each option's entry of a --help text, keyed by its first option string,
+    with its line breaks and indentation collapsed to single spaces."""
+    entries, current = {}, None
+    for line in text.splitlines():
+        if line.startswith("  -"):
+            current = line.split()[0].rstrip(",")
+            entries[current] = line
+        elif current is not None and line.startswith("   "):
+            entries[current] += " " + line
+        else:
+            current = None
+    return {option: " ".join(entry.split()) for option, entry in entries.items()}
+
+
+@pytest.mark.parametrize("command", ["train", "encode", "decode", "plot", "info", "merge", "demo", "data ins"])
+def test_help_shows_every_default(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*command.split(), "--help"])
+    assert exit_.value.code == 0
+    entries = option_help(capsys.readouterr().out)
+    for action in subparser(*command.split())._actions:
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+            assert f"(default: {action.default})" in entries[action.option_strings[0]], action.option_strings
+

@@ -74,18 +74,20 @@ def _add_train(sub) -> None:
                         "ae: the autoencoder baseline with a mirrored encoder")
     p.add_argument("--decoder", default="mlp", choices=["mlp", "conv1d", "conv2d"],
                    help="decoder architecture (the MLP is the paper's: hidden 150, 300, 600, ELU)")
-    p.add_argument("--latent-dim", type=int, default=20)
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=5)
-    p.add_argument("--optimizer", default="rmsprop", choices=list(OPTIMIZERS))
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--latent-dim", type=int, default=20, help="size of each latent vector")
+    p.add_argument("--epochs", type=int, default=1, help="passes over the training samples")
+    p.add_argument("--batch-size", type=int, default=5, help="samples per decoder update")
+    p.add_argument("--optimizer", default="rmsprop", choices=list(OPTIMIZERS),
+                   help="optimizer of the decoder's weights")
+    p.add_argument("--lr", type=float, default=5e-4, help="learning rate")
     p.add_argument("--loss", default="bce", choices=["bce", "mse", "poisson"],
                    help="bce for data in [0, 1], mse for real values, poisson for counts")
     p.add_argument("--normalise", default="none", choices=["none", "mean"],
                    help="mean: divide each sample by its mean (over the mask of an INS spectra file), recorded "
                         "in the model so encode and decode apply and undo it (not with --loss poisson)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of DATA held out for validation")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the initial weights, the validation split, the data order and --latent-noise")
     p.add_argument("--encode-options", type=_json_dict, default=None,
                    help="JSON options for the flow during training, e.g. '{\"gtol\": 1e-3}'")
     p.add_argument("--on-nonfinite", default="stop", choices=["stop", "skip"],
@@ -192,7 +194,8 @@ def _add_merge(sub) -> None:
         "merge", help="join the shard files of a sharded encoding",
         description="Join the shard files that 'gfe encode ... --shard/--shards' wrote into OUTDIR into one "
                     "latents file, in input order. Refuses, writing nothing, when a shard is missing or "
-                    "belongs to another model, input or settings.")
+                    "belongs to another model, input or settings.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("outdir", type=Path, help="folder written by 'gfe encode ... -o OUTDIR --shard I/N'")
     p.add_argument("-o", "--output", required=True, type=Path, help="latents file (.h5, .npz or .npy)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
@@ -209,7 +212,8 @@ def _add_decode(sub) -> None:
     p = sub.add_parser(
         "decode", help="reconstruct data from latents",
         description="Decode latents (a file from 'gfe encode', or any (N, latent_dim) array) into "
-                    "reconstructions in data space (probabilities for bce, rates for poisson).")
+                    "reconstructions in data space (probabilities for bce, rates for poisson).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", type=Path, help="model directory written by 'gfe train'")
     p.add_argument("latents", type=Path, help="latents file (.h5, .npz with array 'z', or .npy)")
     p.add_argument("-o", "--output", required=True, type=Path, help="reconstructions (.npy)")
@@ -249,7 +253,8 @@ def _plot(args) -> None:
 
 
 def _add_info(sub) -> None:
-    p = sub.add_parser("info", help="show what a model directory or latents file holds")
+    p = sub.add_parser("info", help="show what a model directory or latents file holds",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("path", type=Path, help="model directory or latents .h5 file")
     p.set_defaults(run=lambda args: print(json.dumps(_info(args.path), indent=2)))
 
@@ -302,7 +307,7 @@ def _add_data(sub) -> None:
     q.add_argument("--out", required=True, type=Path, help="HDF5 file to write (atomically)")
     q.add_argument("--seed", type=int, default=0, help="the file is the same for a seed, whatever --workers")
     q.add_argument("--counts", type=float, default=None,
-                   help="draw Poisson counts with this expected total per spectrum (default: noiseless)")
+                   help="draw Poisson counts with this expected total per spectrum (without it: noiseless)")
     q.add_argument("--directions", type=int, default=500,
                    help="wavevector directions per |Q| bin (powder-average noise falls as 1/sqrt of it)")
     q.add_argument("--q-bins", type=int, default=64, help="|Q| bins over 0.5..8 1/angstrom (powder maps)")
