@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 
@@ -262,3 +263,33 @@ def test_help_shows_every_default(command, capsys):
         if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
             assert f"(default: {action.default})" in entries[action.option_strings[0]], action.option_strings
 
+
+# Where `gfe train` and `gfe.GFE` default differently on purpose, and why; both
+# say so (the option's help and the estimator's docstring).
+DELIBERATE = {
+    "loss": "gfe train follows the paper's protocol (bce, images in [0, 1]); GFE meets arbitrary real arrays "
+            "(scikit-learn's checks feed it such), so mse",
+    "verbose": "a command reports progress unless --quiet; scikit-learn estimators are silent unless asked",
+}
+
+
+def test_train_defaults_agree_with_the_estimator():
+    """Every parameter `gfe train` shares with `gfe.GFE` has the same default,
+    unless the difference is in DELIBERATE and documented on both sides."""
+    from gfe.workflows import DECODER_KINDS
+
+    options = {action.dest: action for action in subparser("train")._actions}
+    cli = {name: action.default for name, action in options.items()}
+    cli["random_state"] = cli.pop("seed")
+    cli["verbose"] = not cli.pop("quiet")
+    estimator = gfe.GFE().get_params()
+    # GFE's decoder=None is gfe train's "mlp": the same decoder, the paper's MLP.
+    assert gfe.GFE()._build_decoder(3, (6,)).config() == DECODER_KINDS[cli.pop("decoder")](3, (6,)).config()
+    shared = set(estimator) & set(cli)
+    assert shared == set(estimator) - {"decoder", "feature_shape"}  # (gfe train reads the shape from the data)
+    differ = {name: (cli[name], estimator[name]) for name in shared if cli[name] != estimator[name]}
+    assert differ.keys() == DELIBERATE.keys(), differ
+    for name in DELIBERATE:
+        assert "gfe.GFE" in options["quiet" if name == "verbose" else name].help, name
+        section = re.search(rf"^    {name} :.*?(?=^    \w)", gfe.GFE.__doc__, re.MULTILINE | re.DOTALL).group()
+        assert "gfe train" in section, name

@@ -57,7 +57,7 @@ def _json_dict(text: str) -> dict:
 
 def _add_train(sub) -> None:
     from .start import START_MODES
-    from .train import METHODS, OPTIMIZERS
+    from .train import METHODS, OPTIMIZERS, TrainConfig
 
     p = sub.add_parser(
         "train", help="train a decoder (GFE) or the autoencoder baseline",
@@ -69,39 +69,40 @@ def _add_train(sub) -> None:
     p.add_argument("data", help=DATA_HELP)
     p.add_argument("--out", required=True, type=Path, help="model directory to write")
     p.add_argument("--key", help="array name in an .npz or dataset path in an HDF5 file")
-    p.add_argument("--method", default="gfe-amd", choices=list(METHODS),
+    p.add_argument("--method", default=TrainConfig.method, choices=list(METHODS),
                    help="gfe-*: decoder trained on gradient-flow latents (flow and solver in the name); "
                         "ae: the autoencoder baseline with a mirrored encoder")
     p.add_argument("--decoder", default="mlp", choices=["mlp", "conv1d", "conv2d"],
                    help="decoder architecture (the MLP is the paper's: hidden 150, 300, 600, ELU)")
-    p.add_argument("--latent-dim", type=int, default=20, help="size of each latent vector")
-    p.add_argument("--epochs", type=int, default=1, help="passes over the training samples")
-    p.add_argument("--batch-size", type=int, default=5, help="samples per decoder update")
-    p.add_argument("--optimizer", default="rmsprop", choices=list(OPTIMIZERS),
+    p.add_argument("--latent-dim", type=int, default=TrainConfig.latent_dim, help="size of each latent vector")
+    p.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="passes over the training samples")
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="samples per decoder update")
+    p.add_argument("--optimizer", default=TrainConfig.optimizer, choices=list(OPTIMIZERS),
                    help="optimizer of the decoder's weights")
-    p.add_argument("--lr", type=float, default=5e-4, help="learning rate")
-    p.add_argument("--loss", default="bce", choices=["bce", "mse", "poisson"],
-                   help="bce for data in [0, 1], mse for real values, poisson for counts")
+    p.add_argument("--lr", type=float, default=TrainConfig.lr, help="learning rate")
+    p.add_argument("--loss", default=TrainConfig.loss, choices=["bce", "mse", "poisson"],
+                   help="bce for data in [0, 1] (the paper's protocol, on images; gfe.GFE defaults to mse "
+                        "instead, as it meets arbitrary real arrays), mse for real values, poisson for counts")
     p.add_argument("--normalise", default="none", choices=["none", "mean"],
                    help="mean: divide each sample by its mean (over the mask of an INS spectra file), recorded "
                         "in the model so encode and decode apply and undo it (not with --loss poisson)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of DATA held out for validation")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=int, default=TrainConfig.seed,
                    help="seeds the initial weights, the validation split, the data order and --latent-noise")
     p.add_argument("--encode-options", type=_json_dict, default=None,
                    help="JSON options for the flow during training, e.g. '{\"gtol\": 1e-3}'")
-    p.add_argument("--on-nonfinite", default="stop", choices=["stop", "skip"],
+    p.add_argument("--on-nonfinite", default=TrainConfig.on_nonfinite, choices=["stop", "skip"],
                    help="when a batch's training loss is NaN or infinite: stop with an error naming the "
                         "epoch and batch, or skip that batch's update (counted in history.csv)")
-    p.add_argument("--gradient", default="approx", choices=["approx", "adjoint", "unrolled"],
+    p.add_argument("--gradient", default=TrainConfig.gradient, choices=["approx", "adjoint", "unrolled"],
                    help="decoder gradient: approx holds the latents fixed (cheap; exact once the flow has "
                         "converged); adjoint (continuous adjoint) and unrolled (back-propagation through the "
                         "solver's steps) include how the latents depend on the decoder (see docs/gradients.md)")
-    p.add_argument("--start", default="learned", choices=list(START_MODES),
+    p.add_argument("--start", default=TrainConfig.start, choices=list(START_MODES),
                    help="where training flows begin: learned (a ridge map from samples to the latents found so "
                         "far, saved with the model as where 'gfe encode' starts; 1.6-2.5x fewer decoder evaluations on MNIST) "
                         "or zero (the reference's z0 = 0). Validation always starts at 0")
-    p.add_argument("--encode-ahead", type=int, default=1, metavar="K",
+    p.add_argument("--encode-ahead", type=int, default=TrainConfig.encode_ahead, metavar="K",
                    help="encode K batches in one flow call against the decoder before the first of them, then "
                         "update it batch by batch: latents up to K-1 updates stale, but small batches encode "
                         "several times faster on a CPU (MNIST, batch 5: K=16 trains 2.7x faster for +2%% test loss, "
@@ -111,10 +112,10 @@ def _add_train(sub) -> None:
                         "training samples and store the inverse of the mean Hessian there as the first BFGS metric "
                         "(costs one encoding of them; later encodings then need far fewer decoder evaluations: "
                         "MNIST 15 instead of 44.5 per image to within 1%% of the best loss)")
-    p.add_argument("--latent-penalty", type=float, default=0.0, metavar="BETA",
+    p.add_argument("--latent-penalty", type=float, default=TrainConfig.latent_penalty, metavar="BETA",
                    help="L2 prior BETA*|z|^2 on the latents: in the flow's energy for gfe-* (training and the "
                         "saved encoding settings), in the training loss for ae. Keeps latents bounded")
-    p.add_argument("--latent-noise", type=float, default=0.0, metavar="SIGMA",
+    p.add_argument("--latent-noise", type=float, default=TrainConfig.latent_noise, metavar="SIGMA",
                    help="train the decoder on latents plus Gaussian noise of this standard deviation (seeded): "
                         "a decoder smooth around its latents. With --latent-penalty 1e-3, SIGMA 2 raised the "
                         "physics a ridge regression reads from INS-map latents at 50-300 training maps (11 of 12 "
@@ -127,7 +128,9 @@ def _add_train(sub) -> None:
     p.add_argument("--tensorboard", type=Path, metavar="DIR", default=None,
                    help="also log each epoch's losses and flow steps for TensorBoard into DIR (needs the "
                         "'tensorboard' extra); the history is always written to OUT/history.csv")
-    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--quiet", action="store_true",
+                   help="print nothing but errors (gfe.GFE is silent unless verbose=True instead, as "
+                        "scikit-learn estimators are)")
     p.set_defaults(run=_train)
 
 

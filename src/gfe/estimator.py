@@ -47,11 +47,13 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         has an encoder and is trained with `gfe.train.Trainer` instead.)
     loss : {"mse", "bce", "poisson"}, default="mse"
         "mse" is the default because a general-purpose estimator meets arbitrary
-        real data (scikit-learn's own checks feed it such data). Use "bce" for
+        real data (scikit-learn's own checks feed it such data); `gfe train`
+        defaults to "bce" instead, the paper's protocol on images. Use "bce" for
         data in [0, 1], such as images or the output of `MinMaxScaler` (the
         paper's choice for MNIST), and "poisson" for counts.
     decoder : None, str or dict, default=None
-        None for the paper's MLP (hidden 150, 300, 600, ELU); a registered type
+        None for the paper's MLP (hidden 150, 300, 600, ELU), as
+        ``gfe train --decoder mlp``; a registered type
         ("mlp", "conv1d", "conv2d"); or a config dict of its constructor
         arguments, e.g. ``{"type": "mlp", "hidden": [64]}``. GFE fills in
         latent_dim and out_shape.
@@ -60,8 +62,8 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         or (H, W) for "conv2d". Its product must be n_features; None keeps rows
         flat. X, transform's input and inverse_transform's output stay 2-D.
     epochs, batch_size, optimizer, lr : training settings of `TrainConfig`
-        The defaults are the trainer's (the paper's MNIST run: one pass,
-        batches of 5, RMSprop at 5e-4).
+        The defaults are the trainer's and `gfe train`'s (the paper's MNIST
+        run: one pass, batches of 5, RMSprop at 5e-4).
     encode_options : dict, default=None
         Options for the flow, used in training and in transform, e.g.
         ``{"max_steps": 200, "gtol": 1e-4}`` (see `gfe.encode`).
@@ -82,7 +84,8 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         Seeds the decoder's initial weights and the data order. Encodings use
         no randomness.
     verbose : bool, default=False
-        Show a progress bar per epoch.
+        Show a progress bar per epoch. Off by default, as scikit-learn
+        estimators are silent; `gfe train` reports unless --quiet.
 
     Attributes
     ----------
@@ -141,7 +144,7 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self,
         latent_dim=TrainConfig.latent_dim,
         *,
-        method="gfe-amd",
+        method=TrainConfig.method,
         loss="mse",
         decoder=None,
         feature_shape=None,
@@ -154,7 +157,7 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         refine_start=False,
         latent_penalty=TrainConfig.latent_penalty,
         latent_noise=TrainConfig.latent_noise,
-        random_state=0,
+        random_state=TrainConfig.seed,
         verbose=False,
     ):
         self.latent_dim = latent_dim
