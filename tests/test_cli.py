@@ -3,7 +3,9 @@ and the one-line errors users get for bad input."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import subprocess
 import sys
 
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 
 import gfe
-from gfe.cli import main
+from gfe.cli import build_parser, main
 
 TRAIN = ["--latent-dim", "2", "--epochs", "2", "--batch-size", "8", "--optimizer", "adam", "--lr", "0.01",
          "--encode-options", '{"max_steps": 20}', "--quiet"]
@@ -199,3 +201,95 @@ def test_npz_latents_carry_provenance_without_pickle(workdir, tmp_path):
         assert {"z", "loss", "steps", "nfe", "status", "t", "provenance"} <= set(archive.files)
     _, meta = read_latents(tmp_path / "z.npz")
     assert meta["model_weights_sha256"] == gfe.load_model(workdir / "model").config["weights_sha256"]
+
+
+def test_train_model_seeds_its_decoder_without_touching_the_global_rng(workdir, tmp_path, monkeypatch):
+    """The initial weights are those of a decoder built right after
+    `torch.manual_seed(seed)`, as ever, but the caller's RNG state is left alone."""
+    import torch
+
+    import gfe.workflows
+    from gfe.models import MLPDecoder
+
+    initial = {}
+
+    class Recording(gfe.workflows.Trainer):
+        def __init__(self, config, feature_shape, *, decoder, **kwargs):
+            initial.update({name: t.clone() for name, t in decoder.state_dict().items()})
+            super().__init__(config, feature_shape, decoder=decoder, **kwargs)
+
+    monkeypatch.setattr(gfe.workflows, "Trainer", Recording)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    gfe.workflows.train_model(workdir / "images.npy", tmp_path / "m", latent_dim=2, batch_size=8, seed=5,
+                              encode_options={"max_steps": 5}, quiet=True)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(5)
+    expected = MLPDecoder(2, (4, 4)).state_dict()
+    assert initial.keys() == expected.keys()
+    assert all(torch.equal(initial[name], expected[name]) for name in expected)
+
+
+def subparser(*names: str) -> argparse.ArgumentParser:
+    """The parser of `gfe NAME [NAME ...]`."""
+    parser = build_parser()
+    for name in names:
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    return parser
+
+
+def option_help(text: str) -> dict[str, str]:
+    """Each option's entry of a --help text, keyed by its first option string,
+    with its line breaks and indentation collapsed to single spaces."""
+    entries, current = {}, None
+    for line in text.splitlines():
+        if line.startswith("  -"):
+            current = line.split()[0].rstrip(",")
+            entries[current] = line
+        elif current is not None and line.startswith("   "):
+            entries[current] += " " + line
+        else:
+            current = None
+    return {option: " ".join(entry.split()) for option, entry in entries.items()}
+
+
+@pytest.mark.parametrize("command", ["train", "encode", "decode", "plot", "info", "merge", "demo", "data ins"])
+def test_help_shows_every_default(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*command.split(), "--help"])
+    assert exit_.value.code == 0
+    entries = option_help(capsys.readouterr().out)
+    for action in subparser(*command.split())._actions:
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+            assert f"(default: {action.default})" in entries[action.option_strings[0]], action.option_strings
+
+
+# Where `gfe train` and `gfe.GFE` default differently on purpose, and why; both
+# say so (the option's help and the estimator's docstring).
+DELIBERATE = {
+    "loss": "gfe train follows the paper's protocol (bce, images in [0, 1]); GFE meets arbitrary real arrays "
+            "(scikit-learn's checks feed it such), so mse",
+    "verbose": "a command reports progress unless --quiet; scikit-learn estimators are silent unless asked",
+}
+
+
+def test_train_defaults_agree_with_the_estimator():
+    """Every parameter `gfe train` shares with `gfe.GFE` has the same default,
+    unless the difference is in DELIBERATE and documented on both sides."""
+    from gfe.workflows import DECODER_KINDS
+
+    options = {action.dest: action for action in subparser("train")._actions}
+    cli = {name: action.default for name, action in options.items()}
+    cli["random_state"] = cli.pop("seed")
+    cli["verbose"] = not cli.pop("quiet")
+    estimator = gfe.GFE().get_params()
+    # GFE's decoder=None is gfe train's "mlp": the same decoder, the paper's MLP.
+    assert gfe.GFE()._build_decoder(3, (6,)).config() == DECODER_KINDS[cli.pop("decoder")](3, (6,)).config()
+    shared = set(estimator) & set(cli)
+    assert shared == set(estimator) - {"decoder", "feature_shape"}  # (gfe train reads the shape from the data)
+    differ = {name: (cli[name], estimator[name]) for name in shared if cli[name] != estimator[name]}
+    assert differ.keys() == DELIBERATE.keys(), differ
+    for name in DELIBERATE:
+        assert "gfe.GFE" in options["quiet" if name == "verbose" else name].help, name
+        section = re.search(rf"^    {name} :.*?(?=^    \w)", gfe.GFE.__doc__, re.MULTILINE | re.DOTALL).group()
+        assert "gfe train" in section, name

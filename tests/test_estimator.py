@@ -140,6 +140,29 @@ def test_save_load_round_trip(X, fitted, tmp_path):
     assert np.array_equal(clone(loaded).fit(X).transform(X), Z)
 
 
+def test_save_load_keeps_every_parameter(X, tmp_path):
+    """Every constructor parameter, each set off its default, survives save and load,
+    so `clone(GFE.load(d))` is the recipe of the saved model."""
+    params = dict(latent_dim=3, method="gfe-nesterov", loss="bce", decoder={"type": "mlp", "hidden": [8]},
+                  feature_shape=(2, 3), epochs=2, batch_size=7, optimizer="adam", lr=1e-2,
+                  encode_options={"max_steps": 10, "gtol": 1e-3}, encode_ahead=2, refine_start=True,
+                  latent_penalty=0.1, latent_noise=0.05, random_state=3, verbose=True)
+    defaults = GFE().get_params()
+    assert params.keys() == defaults.keys()  # a new parameter belongs here too
+    assert [name for name in params if params[name] == defaults[name]] == []
+    model = GFE(**params).fit((X + 1) / 2)  # in [0, 1] for bce
+    loaded = GFE.load(model.save(tmp_path / "model"))
+    assert loaded.get_params() == params
+    assert clone(loaded).get_params() == params
+
+
+def test_save_load_keeps_the_seed_a_random_state_gave(X, tmp_path):
+    model = tiny(epochs=1, random_state=np.random.RandomState(5)).fit(X)
+    loaded = GFE.load(model.save(tmp_path / "model"))
+    assert loaded.random_state == model._settings["train_config"]["seed"]
+    assert np.array_equal(clone(loaded).fit(X).transform(X), model.transform(X))
+
+
 def test_load_a_model_the_trainer_saved(X, tmp_path):
     config = TrainConfig(latent_dim=2, epochs=1, batch_size=8, loss="mse", encode_options=FLOW, eval_options=FLOW)
     trainer = Trainer(config, (2, 3), progress=False)  # a non-flat feature shape

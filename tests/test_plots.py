@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
+import gfe.plots
 from gfe.cli import main
 from gfe.errors import ConfigError
-from gfe.workflows import plot_model, read_history
+from gfe.workflows import decode_file, encode_file, plot_model, read_history
 
 TRAIN = ["--latent-dim", "2", "--epochs", "2", "--batch-size", "8", "--optimizer", "adam", "--lr", "0.01",
          "--encode-options", '{"max_steps": 20}', "--quiet"]
@@ -65,3 +66,26 @@ def test_plot_works_without_a_history_and_for_one_latent(tmp_path):
 def test_plot_refuses_bad_counts(trained):
     with pytest.raises(ConfigError, match="must be positive"):
         plot_model(trained / "model", trained / "data.npy", trained / "x", samples=0)
+
+
+def test_plot_encodes_as_gfe_encode_does_and_shows_data_space(tmp_path, monkeypatch):
+    """A model trained with --normalise mean sees each sample divided by its mean:
+    plot encodes them so too (its losses are `gfe encode`'s), and shows the
+    reconstructions on the data's own scale (`gfe decode`'s)."""
+    scales = 10.0 ** np.random.default_rng(1).uniform(-2, 2, (24, 1))
+    x = (spectra(24) * scales).astype(np.float32)
+    np.save(tmp_path / "data.npy", x)
+    model = tmp_path / "model"
+    assert main(["train", str(tmp_path / "data.npy"), "--out", str(model), *TRAIN,
+                 "--loss", "mse", "--normalise", "mean"]) == 0
+    summary = encode_file(model, tmp_path / "data.npy", tmp_path / "z.h5", quiet=True)
+    decoded = decode_file(model, tmp_path / "z.h5", tmp_path / "recon.npy", quiet=True)
+    drawn = {}
+    monkeypatch.setattr(gfe.plots, "plot_reconstructions",
+                        lambda originals, recons, path, **_: drawn.update(originals=originals, **recons) or path)
+    monkeypatch.setattr(gfe.plots, "plot_latent_space",
+                        lambda z, loss, path, **_: drawn.update(loss=loss) or path)
+    plot_model(model, tmp_path / "data.npy", tmp_path / "figs", samples=24, show=4, quiet=True)
+    np.testing.assert_allclose(drawn["loss"].mean(), summary["mean_loss"], rtol=1e-5)
+    np.testing.assert_array_equal(drawn["originals"], x)
+    np.testing.assert_allclose(drawn["reconstructed"], decoded[:4], rtol=1e-5)

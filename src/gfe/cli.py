@@ -62,7 +62,7 @@ def _add_train(sub) -> None:
     from .methods import METHODS
     from .models import DECODERS
     from .normalise import NORMALISATIONS
-    from .train_config import ON_NONFINITE, OPTIMIZERS
+    from .train_config import ON_NONFINITE, OPTIMIZERS, TrainConfig
 
     p = sub.add_parser(
         "train", help="train a decoder (GFE) or the autoencoder baseline",
@@ -74,37 +74,40 @@ def _add_train(sub) -> None:
     p.add_argument("data", help=DATA_HELP)
     p.add_argument("--out", required=True, type=Path, help="model directory to write")
     p.add_argument("--key", help="array name in an .npz or dataset path in an HDF5 file")
-    p.add_argument("--method", default="gfe-amd", choices=list(METHODS),
+    p.add_argument("--method", default=TrainConfig.method, choices=list(METHODS),
                    help="gfe-*: decoder trained on gradient-flow latents (flow and solver in the name); "
                         "ae: the autoencoder baseline with a mirrored encoder")
     p.add_argument("--decoder", default="mlp", choices=list(DECODERS),
                    help="decoder architecture (the MLP is the paper's: hidden 150, 300, 600, ELU)")
-    p.add_argument("--latent-dim", type=int, default=20)
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=5)
-    p.add_argument("--optimizer", default="rmsprop", choices=list(OPTIMIZERS))
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--loss", default="bce", choices=list(LOSSES),
-                   help="bce for data in [0, 1], mse for real values, poisson for counts")
+    p.add_argument("--latent-dim", type=int, default=TrainConfig.latent_dim, help="size of each latent vector")
+    p.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="passes over the training samples")
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="samples per decoder update")
+    p.add_argument("--optimizer", default=TrainConfig.optimizer, choices=list(OPTIMIZERS),
+                   help="optimizer of the decoder's weights")
+    p.add_argument("--lr", type=float, default=TrainConfig.lr, help="learning rate")
+    p.add_argument("--loss", default=TrainConfig.loss, choices=list(LOSSES),
+                   help="bce for data in [0, 1] (the paper's protocol, on images; gfe.GFE defaults to mse "
+                        "instead, as it meets arbitrary real arrays), mse for real values, poisson for counts")
     p.add_argument("--normalise", default="none", choices=list(NORMALISATIONS),
                    help="mean: divide each sample by its mean (over the mask of an INS spectra file), recorded "
                         "in the model so encode and decode apply and undo it (not with --loss poisson)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of DATA held out for validation")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--encode-options", type=_json_dict, default={},
+    p.add_argument("--seed", type=int, default=TrainConfig.seed,
+                   help="seeds the initial weights, the validation split, the data order and --latent-noise")
+    p.add_argument("--encode-options", type=_json_dict, default=None,
                    help="JSON options for the flow during training, e.g. '{\"gtol\": 1e-3}'")
-    p.add_argument("--on-nonfinite", default="stop", choices=list(ON_NONFINITE),
+    p.add_argument("--on-nonfinite", default=TrainConfig.on_nonfinite, choices=list(ON_NONFINITE),
                    help="when a batch's training loss is NaN or infinite: stop with an error naming the "
                         "epoch and batch, or skip that batch's update (counted in history.csv)")
-    p.add_argument("--gradient", default="approx", choices=list(GRADIENTS),
+    p.add_argument("--gradient", default=TrainConfig.gradient, choices=list(GRADIENTS),
                    help="decoder gradient: approx holds the latents fixed (cheap; exact once the flow has "
                         "converged); adjoint (continuous adjoint) and unrolled (back-propagation through the "
                         "solver's steps) include how the latents depend on the decoder (see docs/gradients.md)")
-    p.add_argument("--start", default="learned", choices=list(START_MODES),
+    p.add_argument("--start", default=TrainConfig.start, choices=list(START_MODES),
                    help="where training flows begin: learned (a ridge map from samples to the latents found so "
                         "far, saved with the model as where 'gfe encode' starts; 1.6-2.5x fewer decoder evaluations on MNIST) "
                         "or zero (the reference's z0 = 0). Validation always starts at 0")
-    p.add_argument("--encode-ahead", type=int, default=1, metavar="K",
+    p.add_argument("--encode-ahead", type=int, default=TrainConfig.encode_ahead, metavar="K",
                    help="encode K batches in one flow call against the decoder before the first of them, then "
                         "update it batch by batch: latents up to K-1 updates stale, but small batches encode "
                         "several times faster on a CPU (MNIST, batch 5: K=16 trains 2.7x faster for +2%% test loss, "
@@ -114,10 +117,10 @@ def _add_train(sub) -> None:
                         "training samples and store the inverse of the mean Hessian there as the first BFGS metric "
                         "(costs one encoding of them; later encodings then need far fewer decoder evaluations: "
                         "MNIST 15 instead of 44.5 per image to within 1%% of the best loss)")
-    p.add_argument("--latent-penalty", type=float, default=0.0, metavar="BETA",
+    p.add_argument("--latent-penalty", type=float, default=TrainConfig.latent_penalty, metavar="BETA",
                    help="L2 prior BETA*|z|^2 on the latents: in the flow's energy for gfe-* (training and the "
                         "saved encoding settings), in the training loss for ae. Keeps latents bounded")
-    p.add_argument("--latent-noise", type=float, default=0.0, metavar="SIGMA",
+    p.add_argument("--latent-noise", type=float, default=TrainConfig.latent_noise, metavar="SIGMA",
                    help="train the decoder on latents plus Gaussian noise of this standard deviation (seeded): "
                         "a decoder smooth around its latents. With --latent-penalty 1e-3, SIGMA 2 raised the "
                         "physics a ridge regression reads from INS-map latents at 50-300 training maps (11 of 12 "
@@ -130,7 +133,9 @@ def _add_train(sub) -> None:
     p.add_argument("--tensorboard", type=Path, metavar="DIR", default=None,
                    help="also log each epoch's losses and flow steps for TensorBoard into DIR (needs the "
                         "'tensorboard' extra); the history is always written to OUT/history.csv")
-    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--quiet", action="store_true",
+                   help="print nothing but errors (gfe.GFE is silent unless verbose=True instead, as "
+                        "scikit-learn estimators are)")
     p.set_defaults(run=_train)
 
 
@@ -141,7 +146,7 @@ def _train(args) -> None:
     from .train_config import TrainConfig
     from .workflows import train_model
 
-    options = vars(args)
+    options = {**vars(args), "encode_options": args.encode_options or {}}
     config = TrainConfig(**{f.name: options[f.name] for f in dataclasses.fields(TrainConfig) if f.name in options})
     with process_group() as replicas:
         train_model(args.data, args.out, config, key=args.key, decoder=args.decoder, val_fraction=args.val_fraction,
@@ -197,7 +202,8 @@ def _add_merge(sub) -> None:
         "merge", help="join the shard files of a sharded encoding",
         description="Join the shard files that 'gfe encode ... --shard/--shards' wrote into OUTDIR into one "
                     "latents file, in input order. Refuses, writing nothing, when a shard is missing or "
-                    "belongs to another model, input or settings.")
+                    "belongs to another model, input or settings.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("outdir", type=Path, help="folder written by 'gfe encode ... -o OUTDIR --shard I/N'")
     p.add_argument("-o", "--output", required=True, type=Path, help="latents file (.h5, .npz or .npy)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
@@ -214,7 +220,8 @@ def _add_decode(sub) -> None:
     p = sub.add_parser(
         "decode", help="reconstruct data from latents",
         description="Decode latents (a file from 'gfe encode', or any (N, latent_dim) array) into "
-                    "reconstructions in data space (probabilities for bce, rates for poisson).")
+                    "reconstructions in data space (probabilities for bce, rates for poisson).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", type=Path, help="model directory written by 'gfe train'")
     p.add_argument("latents", type=Path, help="latents file (.h5, .npz with array 'z', or .npy)")
     p.add_argument("-o", "--output", required=True, type=Path, help="reconstructions (.npy)")
@@ -254,7 +261,8 @@ def _plot(args) -> None:
 
 
 def _add_info(sub) -> None:
-    p = sub.add_parser("info", help="show what a model directory or latents file holds")
+    p = sub.add_parser("info", help="show what a model directory or latents file holds",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("path", type=Path, help="model directory or latents .h5 file")
     p.set_defaults(run=lambda args: print(json.dumps(_info(args.path), indent=2)))
 
@@ -307,7 +315,7 @@ def _add_data(sub) -> None:
     q.add_argument("--out", required=True, type=Path, help="HDF5 file to write (atomically)")
     q.add_argument("--seed", type=int, default=0, help="the file is the same for a seed, whatever --workers")
     q.add_argument("--counts", type=float, default=None,
-                   help="draw Poisson counts with this expected total per spectrum (default: noiseless)")
+                   help="draw Poisson counts with this expected total per spectrum (without it: noiseless)")
     q.add_argument("--directions", type=int, default=500,
                    help="wavevector directions per |Q| bin (powder-average noise falls as 1/sqrt of it)")
     q.add_argument("--q-bins", type=int, default=64, help="|Q| bins over 0.5..8 1/angstrom (powder maps)")

@@ -50,11 +50,13 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         has an encoder and is trained with `gfe.train.Trainer` instead.)
     loss : {"mse", "bce", "poisson"}, default="mse"
         "mse" is the default because a general-purpose estimator meets arbitrary
-        real data (scikit-learn's own checks feed it such data). Use "bce" for
+        real data (scikit-learn's own checks feed it such data); `gfe train`
+        defaults to "bce" instead, the paper's protocol on images. Use "bce" for
         data in [0, 1], such as images or the output of `MinMaxScaler` (the
         paper's choice for MNIST), and "poisson" for counts.
     decoder : None, str or dict, default=None
-        None for the paper's MLP (hidden 150, 300, 600, ELU); a registered type
+        None for the paper's MLP (hidden 150, 300, 600, ELU), as
+        ``gfe train --decoder mlp``; a registered type
         ("mlp", "conv1d", "conv2d"); or a config dict of its constructor
         arguments, e.g. ``{"type": "mlp", "hidden": [64]}``. GFE fills in
         latent_dim and out_shape.
@@ -63,8 +65,8 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         or (H, W) for "conv2d". Its product must be n_features; None keeps rows
         flat. X, transform's input and inverse_transform's output stay 2-D.
     epochs, batch_size, optimizer, lr : training settings of `TrainConfig`
-        The defaults are the trainer's (the paper's MNIST run: one pass,
-        batches of 5, RMSprop at 5e-4).
+        The defaults are the trainer's and `gfe train`'s (the paper's MNIST
+        run: one pass, batches of 5, RMSprop at 5e-4).
     encode_options : dict, default=None
         Options for the flow, used in training and in transform, e.g.
         ``{"max_steps": 200, "gtol": 1e-4}`` (see `gfe.encode`).
@@ -85,7 +87,8 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         Seeds the decoder's initial weights and the data order. Encodings use
         no randomness.
     verbose : bool, default=False
-        Show a progress bar per epoch.
+        Show a progress bar per epoch. Off by default, as scikit-learn
+        estimators are silent; `gfe train` reports unless --quiet.
 
     Attributes
     ----------
@@ -144,7 +147,7 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self,
         latent_dim=TrainConfig.latent_dim,
         *,
-        method="gfe-amd",
+        method=TrainConfig.method,
         loss="mse",
         decoder=None,
         feature_shape=None,
@@ -157,7 +160,7 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         refine_start=False,
         latent_penalty=TrainConfig.latent_penalty,
         latent_noise=TrainConfig.latent_noise,
-        random_state=0,
+        random_state=TrainConfig.seed,
         verbose=False,
     ):
         self.latent_dim = latent_dim
@@ -306,7 +309,11 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         """Write the fitted model as safetensors weights plus JSON (`gfe.save_model`):
         loading it never runs code, unlike a pickle."""
         check_is_fitted(self)
-        fitted = {"n_features_in": self.n_features_in_, "n_iter": self.n_iter_, "history": self.history_,
+        # Every constructor parameter, so that `load` restores them all; random_state as the seed fit
+        # used, which is what it meant for this model (a RandomState cannot be written as JSON).
+        params = {name: _plain(value) for name, value in self.get_params().items()}
+        fitted = {"params": {**params, "random_state": self._settings["train_config"]["seed"]},
+                  "n_features_in": self.n_features_in_, "n_iter": self.n_iter_, "history": self.history_,
                   "reconstruction_err": self.reconstruction_err_, "encode_stats": self.encode_stats_}
         if hasattr(self, "feature_names_in_"):
             fitted["feature_names_in"] = self.feature_names_in_.tolist()
@@ -315,24 +322,29 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     @classmethod
     def load(cls, directory) -> "GFE":
-        """A fitted GFE from a model directory written by `save`, or by `Trainer`
-        or the command line for a gradient-flow method (then `reconstruction_err_`
-        and `encode_stats_`, which only `fit` records, are None, `history_` is
-        empty and `n_iter_` is the configured number of epochs)."""
+        """A fitted GFE from a model directory written by `save`, with the
+        parameters it was saved with (an int `random_state` in place of a
+        RandomState or None: the seed `fit` drew), so `clone` retrains the same
+        model; or by `Trainer` or the command line for a gradient-flow method
+        (then the parameters are those its training config records,
+        `reconstruction_err_` and `encode_stats_`, which only `fit` records, are
+        None, `history_` is empty and `n_iter_` is the configured number of epochs)."""
         loaded = load_model(directory)
         settings = dict(loaded.settings)
         if loaded.encoder is not None or "train_config" not in settings or "encode" not in settings:
             raise ModelFileError(f"{directory} does not hold a gradient-flow model that GFE can load")
         train = settings["train_config"]
-        decoder = loaded.decoder.config()
-        out_shape = decoder.pop("out_shape")
-        decoder.pop("latent_dim")
-        model = cls(
-            train["latent_dim"], method=train["method"], loss=train["loss"], decoder=decoder,
-            feature_shape=None if len(out_shape) == 1 else tuple(out_shape), epochs=train["epochs"],
-            batch_size=train["batch_size"], optimizer=train["optimizer"], lr=train["lr"],
-            encode_options=train["encode_options"], random_state=train["seed"])
+        out_shape = loaded.decoder.out_shape
         fitted = settings.pop("estimator", {})
+        params = fitted.get("params")
+        if params is None:  # written by Trainer, `gfe train` or an older gfe: the training config's share
+            decoder = {k: v for k, v in loaded.decoder.config().items() if k not in _SET_BY_GFE}
+            params = {name: train[name] for name in cls._get_param_names() if name in train}
+            params.update(decoder=decoder, feature_shape=None if len(out_shape) == 1 else tuple(out_shape),
+                          random_state=train["seed"])
+        elif isinstance(params.get("feature_shape"), list):  # JSON has no tuples
+            params = {**params, "feature_shape": tuple(params["feature_shape"])}
+        model = cls(**params)
         model.decoder_ = loaded.decoder
         model.start_ = loaded.start
         model._settings = settings

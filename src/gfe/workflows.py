@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import LATEST
-from .data import load_dataset, open_samples
+from .data import open_samples
 from .distributed import Replicas
 from .encode import Encoding, as_weights
 from .encode_settings import EncodeSettings
@@ -280,13 +280,15 @@ def _encode_with_encoder(loaded, x: np.ndarray, loss_name: str, weights=None) ->
     return Encoding(z, loss, zeros, zeros, torch.full((n,), int(Status.CONVERGED)), torch.zeros(n, dtype=torch.float64))
 
 
-def reconstruct(loaded, z) -> np.ndarray:
+def reconstruct(loaded, z, scale: np.ndarray | None = None) -> np.ndarray:
     """Reconstructions in data space of latents `z`: the decoder's output through
-    the loss's link (probabilities for bce, rates for poisson)."""
+    the loss's link (probabilities for bce, rates for poisson), times each
+    sample's `scale` (from `ModelInput.prepare` or a latents file) to undo the
+    model's per-sample normalisation."""
     with torch.no_grad():
         out = link(loaded.settings.get("encode", {}).get("loss", "bce"),
-                   loaded.decoder(torch.from_numpy(np.asarray(z, dtype=np.float32))))
-    return out.numpy()
+                   loaded.decoder(torch.from_numpy(np.asarray(z, dtype=np.float32)))).numpy()
+    return out if scale is None else out * scale.reshape(-1, *([1] * (out.ndim - 1)))
 
 
 def decode_file(model, latents, output, *, quiet=False) -> np.ndarray:
@@ -306,9 +308,7 @@ def decode_file(model, latents, output, *, quiet=False) -> np.ndarray:
         raise DataError(f"{latents} holds {z.shape[1]}-dimensional latents; {model} expects {latent_dim}")
     if not np.isfinite(z).all():
         raise DataError(f"{latents} holds non-finite latents")
-    recon = reconstruct(loaded, z)
-    if scale is not None:  # undo the per-sample normalisation applied when encoding
-        recon = recon * scale.reshape(-1, *([1] * (recon.ndim - 1)))
+    recon = reconstruct(loaded, z, scale)
     output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(output) as tmp:
         np.save(tmp, recon)
@@ -334,18 +334,25 @@ def plot_model(model, data, out, *, key=None, samples=500, show=8, quiet=False) 
     """Write the figures of a trained model to the folder `out`: reconstructions
     of the first `show` samples of `data` beside the originals, the training
     curves (when the model has a history), and its first `samples` latents on
-    their principal axes coloured by loss. Returns the paths written."""
+    their principal axes coloured by loss. The samples are encoded as `gfe
+    encode` encodes them (normalised, the spectra's mask weighing the loss), so
+    the losses are comparable with its; reconstructions are shown in data space.
+    Returns the paths written."""
     from . import plots
 
     if samples < 1 or show < 1:
         raise ConfigError(f"samples and show must be positive; got {samples} and {show}")
     loaded = load_model(model)
-    x = load_dataset(data, key).x[:samples]
-    encoding = encode_samples(loaded, x, EncodeSettings.of_model(loaded), progress=not quiet)
+    settings = EncodeSettings.of_model(loaded)
+    with open_samples(data, key) as opened:
+        inputs = model_input(loaded, opened, settings)
+        raw = opened.read(slice(0, samples))
+        x, scale = inputs.prepare(raw)
+    encoding = encode_samples(loaded, x, settings, progress=not quiet, weights=inputs.mask)
     z = encoding.z.detach().numpy()
     name = Path(model).name
     out = Path(out)
-    written = [plots.plot_reconstructions(x, {"reconstructed": reconstruct(loaded, z[:show])},
+    written = [plots.plot_reconstructions(raw, {"reconstructed": reconstruct(loaded, z, scale)[:show]},
                                           out / "reconstructions.png", n=show, title=f"{name}: samples of {data} and their reconstructions")]
     history = read_history(model)
     if history is not None:
