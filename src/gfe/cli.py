@@ -97,27 +97,24 @@ def _add_train(sub) -> None:
                         "solver's steps) include how the latents depend on the decoder (see docs/gradients.md)")
     p.add_argument("--start", default="learned", choices=list(START_MODES),
                    help="where training flows begin: learned (a ridge map from samples to the latents found so "
-                        "far, saved with the model as where 'gfe encode' starts; 1.6-2.5x fewer decoder evaluations on MNIST) "
-                        "or zero (the reference's z0 = 0). Validation always starts at 0")
+                        "far, saved with the model as where 'gfe encode' starts; fewer decoder evaluations, measured: "
+                        "docs/benchmarks.md) or zero (the reference's z0 = 0). Validation always starts at 0")
     p.add_argument("--encode-ahead", type=int, default=1, metavar="K",
                    help="encode K batches in one flow call against the decoder before the first of them, then "
                         "update it batch by batch: latents up to K-1 updates stale, but small batches encode "
-                        "several times faster on a CPU (MNIST, batch 5: K=16 trains 2.7x faster for +2%% test loss, "
-                        "docs/benchmarks.md). gfe-* methods with --gradient approx")
+                        "faster on a CPU (measured: docs/benchmarks.md). gfe-* methods with --gradient approx")
     p.add_argument("--refine-start", action="store_true",
                    help="after training, refit the saved start map on converged latents of the last 2,000 "
                         "training samples and store the inverse of the mean Hessian there as the first BFGS metric "
-                        "(costs one encoding of them; later encodings then need far fewer decoder evaluations: "
-                        "MNIST 15 instead of 44.5 per image to within 1%% of the best loss)")
+                        "(costs one encoding of them; later encodings then need fewer decoder evaluations, measured: "
+                        "docs/benchmarks.md)")
     p.add_argument("--latent-penalty", type=float, default=0.0, metavar="BETA",
                    help="L2 prior BETA*|z|^2 on the latents: in the flow's energy for gfe-* (training and the "
                         "saved encoding settings), in the training loss for ae. Keeps latents bounded")
     p.add_argument("--latent-noise", type=float, default=0.0, metavar="SIGMA",
                    help="train the decoder on latents plus Gaussian noise of this standard deviation (seeded): "
-                        "a decoder smooth around its latents. With --latent-penalty 1e-3, SIGMA 2 raised the "
-                        "physics a ridge regression reads from INS-map latents at 50-300 training maps (11 of 12 "
-                        "runs), for 14-26%% more reconstruction error (gfe-amd; docs/spectra.md). gfe-* with "
-                        "--gradient approx, or ae")
+                        "a decoder smooth around its latents, whose latents a linear model reads better, for more "
+                        "reconstruction error (measured: docs/spectra.md). gfe-* with --gradient approx, or ae")
     p.add_argument("--lazy", action="store_true",
                    help="keep the samples of a .npy or HDF5 DATA on disk and read each batch when it is needed "
                         "(for data larger than memory; same result, slower per batch)")
@@ -398,8 +395,8 @@ def _add_bench_spectra(bench) -> None:
     q.add_argument("--samples", type=_int_list, default=[50, 100, 300], help="training-set sizes")
     q.add_argument("--methods", default="gfe-amd,gfe-nesterov,ae,pca", help="comma-separated methods")
     q.add_argument("--n-test", type=int, default=500,
-                   help="held-out spectra (the probe's cross-validation runs on their latents; at 100 its R^2 "
-                        "varies by several hundredths between folds and seeds)")
+                   help="held-out spectra (the probe's cross-validation runs on their latents; with few, its R^2 "
+                        "varies between folds and seeds; measured: docs/spectra.md)")
     q.add_argument("--latent-dim", type=int, default=8)
     q.add_argument("--epochs", type=int, default=20, help="passes over the training spectra")
     q.add_argument("--seeds", type=_seed_list, default=[0],

@@ -56,11 +56,10 @@ METHODS = {
 # Training needs only nearby latents (the approximate gradient), so it encodes
 # loosely with a bounded step count; evaluation and stored models encode to
 # convergence. For AMD on the first-order flow, Barzilai-Borwein step sizes speed
-# up training and the per-sample BFGS metric reaches the flow's end point in about
-# a fifth of the reference's evaluations at lower loss (docs/benchmarks.md).
-# With the learned start (`TrainConfig.start`) 15 steps per batch suffice: on
-# MNIST (1,000 samples, batch 5) test BCE 0.135, against 0.141 with 30 steps
-# from z0 = 0 in twice the time (docs/benchmarks.md).
+# up training and the per-sample BFGS metric reaches the flow's end point in far
+# fewer evaluations than the reference's steps, at lower loss; with the learned
+# start (`TrainConfig.start`) 15 steps per batch suffice (measured:
+# docs/benchmarks.md).
 LOOSE = {"gtol": 1e-3, "max_steps": 50}
 METHOD_DEFAULTS = {
     "gfe-amd": ({**LOOSE, "max_steps": 15, "step": "spectral", "h_max": 100.0}, {"step": "bfgs"}),
@@ -289,9 +288,8 @@ class Trainer:
         Training flows stop early, so the training fit predicts loose latents of
         earlier decoders, and a fresh BFGS metric knows nothing of the curvature;
         started nearer their end and with that curvature, later encodings need far
-        fewer evaluations (MNIST: 15 instead of 44.5 per image to come within 1%
-        of the best loss, docs/benchmarks.md), for the cost of encoding these
-        samples once. Training itself is unchanged."""
+        fewer evaluations (measured: docs/benchmarks.md), for the cost of encoding
+        these samples once. Training itself is unchanged."""
         self.check_refine_start()
         x = self._tensor(x)
         rows = range(max(0, len(x) - max_samples), len(x))

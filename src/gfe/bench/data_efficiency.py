@@ -7,7 +7,7 @@ order and starts from the same decoder weights. With `encode_ahead` > 1 the GFE
 methods encode that many batches per flow call (`TrainConfig.encode_ahead`);
 the decoder still takes one update per batch of 5. `repeat` trains each
 setting several times and reports the median time, since a shared machine's
-timings vary by tens of percent; the runs themselves are identical.
+timings vary (docs/benchmarks.md); the runs themselves are identical.
 """
 
 from __future__ import annotations

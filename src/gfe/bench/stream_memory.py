@@ -51,8 +51,8 @@ def _write_data(path: Path, n: int, features: int, seed: int, rows: int = 10_000
 
 def _encode_in_child(mode: str, model: Path, data: Path, output: Path, chunk_rows: int) -> dict:
     """Run one encoding in a fresh interpreter with one intra-op thread (two
-    threads on a shared 2-core machine made the seconds vary tenfold); returns
-    what it reports."""
+    threads on a shared 2-core machine made the seconds vary; measured:
+    docs/benchmarks.md); returns what it reports."""
     command = [sys.executable, "-m", "gfe.bench.stream_memory", mode, str(model), str(data), str(output),
                str(chunk_rows)]
     done = subprocess.run(command, capture_output=True, text=True, check=False,
