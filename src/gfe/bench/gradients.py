@@ -14,6 +14,7 @@ import time
 
 from ..data import load_dataset, split
 from ..train import TrainConfig, Trainer
+from . import cli
 from .data_efficiency import _decoder, machine
 
 FLOW_METHODS = {"first": "gfe-amd", "nesterov": "gfe-nesterov"}
@@ -47,3 +48,19 @@ def run(dataset: str = "mnist", *, n_train: int = 1000, n_test: int = 1000, flow
     return {"benchmark": "gradients", "dataset": data.name, "n_train": n_train, "n_test": n_test,
             "latent_dim": latent_dim, "batch_size": batch_size, "optimizer": "rmsprop", "lr": lr, "seed": seed,
             "train_encode_options": train_encode, "machine": machine(), "results": results}
+
+
+def add_parser(bench) -> None:
+    q = cli.flow_parser(
+        bench, "gradients", "approx versus exact (adjoint, unrolled) decoder gradients in training",
+        "One pass over N training samples, batch 5, RMSprop lr 5e-4, BCE, with each decoder gradient and flow; "
+        "reports test loss (mean per-pixel BCE of held-out samples) and training seconds.", n_test=1000)
+    q.add_argument("--flows", default="first,nesterov", help="comma-separated flows")
+    q.add_argument("--gradients", default="approx,adjoint,unrolled", help="comma-separated gradient modes")
+    q.set_defaults(run=_command)
+
+
+def _command(args) -> None:
+    result = run(args.dataset, n_train=args.n_train, n_test=args.n_test, flows=args.flows.split(","),
+                 gradients=args.gradients.split(","), progress=not args.quiet)
+    cli.emit(result, args.json, args.quiet)

@@ -16,6 +16,7 @@ from ..data import load_dataset, split
 from ..encode import encode
 from ..solvers import Status
 from ..train import TrainConfig, Trainer
+from . import cli
 from .data_efficiency import _decoder, machine
 
 SOLVER_SETTINGS = {
@@ -80,3 +81,21 @@ def run(dataset: str = "mnist", *, n_train: int = 1000, n_test: int = 200, solve
     return {"benchmark": "solvers", "dataset": data.name, "n_train": n_train, "n_test": n_test,
             "latent_dim": latent_dim, "seed": seed, "tolerance": tolerance, "best_mean_loss": best,
             "target_mean_loss": target, "max_budget": max_budget, "machine": machine(), "results": results}
+
+
+def add_parser(bench) -> None:
+    q = cli.flow_parser(
+        bench, "solvers", "decoder evaluations and seconds each solver needs to reach the same test loss",
+        "Train the MNIST decoder once (GFE-AMD, one pass over --n-train samples), then encode held-out samples "
+        "with each solver under step budgets 5, 10, 20, ... and report the evaluations and seconds of the first "
+        "budget whose mean loss is within 1%% of the best any solver reached.", n_test=200)
+    q.add_argument("--solvers", default=",".join(SOLVER_SETTINGS),
+                   help="comma-separated, from: " + ", ".join(SOLVER_SETTINGS))
+    q.add_argument("--max-budget", type=int, default=2560, help="largest step budget tried")
+    q.set_defaults(run=_command)
+
+
+def _command(args) -> None:
+    result = run(args.dataset, n_train=args.n_train, n_test=args.n_test, solvers=args.solvers.split(","),
+                 max_budget=args.max_budget, progress=not args.quiet)
+    cli.emit(result, args.json, args.quiet)

@@ -22,9 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..cli_args import int_list
 from ..latents import NpyAppender
 from ..models import MLPDecoder
 from ..persist import save_model
+from . import cli
 from .data_efficiency import machine
 
 MODES = ("stream", "whole")
@@ -89,6 +91,26 @@ def run(sizes=(10_000, 100_000), *, features: int = 256, latent_dim: int = 8, ma
         "results": results,
         "machine": {**machine(), "threads": 1},  # the children run with OMP_NUM_THREADS=1
     }
+
+
+def add_parser(bench) -> None:
+    q = cli.parser(
+        bench, "stream-memory", "peak memory of 'gfe encode' against the number of samples",
+        "Generate SIZES samples on disk (.npy, float32) and encode each in a fresh process, streamed in chunks "
+        "(what 'gfe encode' does) and read whole (for contrast), with a small decoder and few steps; report each "
+        "process's peak resident memory and seconds. Streamed, the peak stays flat.")
+    q.add_argument("--sizes", type=int_list, default=[10_000, 100_000], help="numbers of samples")
+    q.add_argument("--features", type=int, default=256, help="features per sample")
+    q.add_argument("--chunk-rows", type=int, default=4096, help="samples per chunk (the encoder's chunk_size)")
+    q.add_argument("--max-steps", type=int, default=5, help="flow steps per sample (bounds the run time)")
+    cli.add_result_options(q)
+    q.set_defaults(run=_command)
+
+
+def _command(args) -> None:
+    result = run(args.sizes, features=args.features, chunk_rows=args.chunk_rows, max_steps=args.max_steps,
+                 progress=not args.quiet)
+    cli.emit(result, args.json, args.quiet)
 
 
 def _child(mode: str, model: str, data: str, output: str, chunk_rows: str) -> dict:
