@@ -24,7 +24,7 @@ from ..encode import encode
 from ..models import MLPDecoder, default_decoder
 from ..start import START_MODES
 from ..train import METHODS, TrainConfig, Trainer
-from . import cli
+from . import at_least, cli, known
 
 
 def _decoder(shape: tuple[int, ...], latent_dim: int, seed: int):
@@ -67,11 +67,8 @@ def run(
     repeat: int = 1,
     progress: bool = True,
 ) -> dict:
-    if repeat < 1:
-        raise ValueError(f"repeat must be at least 1; got {repeat}")
-    for method in methods:
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    known("methods", methods, METHODS)
+    at_least(1, samples=samples, n_test=n_test, encode_ahead=encode_ahead, repeat=repeat)
     data = load_dataset(dataset)
     x_train_all, x_test = split(data.x, max(samples), n_test, seed=seed)
     results = []

@@ -28,7 +28,7 @@ from ..models import MLPDecoder
 from ..objective import Objective
 from ..persist import load_model
 from ..train import TrainConfig, Trainer
-from . import cli
+from . import at_least, cli
 from .data_efficiency import machine
 
 SETTINGS = {
@@ -87,11 +87,10 @@ def run(dataset: str, *, model=None, n: int = 10_000, batch: int = 4096, setting
         seed: int = 0, refine_start: bool = False, repeat: int = 1, progress: bool = True) -> dict:
     """`repeat` encodes with each setting that many times (identical results) and
     reports the median time, since a shared machine's timings vary."""
-    if repeat < 1:
-        raise ValueError(f"repeat must be at least 1; got {repeat}")
+    at_least(1, n=n, batch=batch, repeat=repeat)
     if model is not None and refine_start:
-        raise ValueError("refine_start applies to the decoder this benchmark trains, not to a given model "
-                         "(train that with 'gfe train --refine-start')")
+        raise ConfigError("refine_start applies to the decoder this benchmark trains, not to a given model "
+                          "(train that with 'gfe train --refine-start')")
     data = load_dataset(dataset)
     decoder, loss_name, start_map, refine_seconds = _decoder(model, dataset, seed, progress, refine_start)
     decoder.eval()

@@ -14,7 +14,7 @@ import time
 
 from ..data import load_dataset, split
 from ..train import TrainConfig, Trainer
-from . import cli
+from . import at_least, cli, known
 from .data_efficiency import _decoder, machine
 
 FLOW_METHODS = {"first": "gfe-amd", "nesterov": "gfe-nesterov"}
@@ -24,6 +24,9 @@ GRADIENT_MODES = ("approx", "adjoint", "unrolled")
 def run(dataset: str = "mnist", *, n_train: int = 1000, n_test: int = 1000, flows=("first", "nesterov"),
         gradients=GRADIENT_MODES, latent_dim: int = 20, batch_size: int = 5, lr: float = 5e-4, seed: int = 0,
         train_encode: dict | None = None, progress: bool = True) -> dict:
+    known("flows", flows, FLOW_METHODS)
+    known("gradients", gradients, GRADIENT_MODES)
+    at_least(1, n_train=n_train, n_test=n_test)
     data = load_dataset(dataset)
     x_train, x_test = split(data.x, n_train, n_test, seed=seed)
     train_encode = {} if train_encode is None else train_encode

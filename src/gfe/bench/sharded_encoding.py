@@ -33,9 +33,10 @@ import torch
 
 from ..cli_args import DATA_HELP
 from ..data import load_dataset, split
+from ..errors import ConfigError
 from ..latents import read_encoding
 from ..train import TrainConfig, Trainer
-from . import cli
+from . import at_least, cli
 from .data_efficiency import _decoder
 
 
@@ -79,6 +80,10 @@ def run(dataset: str = "mnist", *, samples: int = 2000, train_samples: int = 100
         processes: int = 2, seed: int = 0, progress: bool = True) -> dict:
     """Time encoding `samples` images with 1 process, 1 process with `processes`
     threads, and `processes` processes; return the timings and speed-ups."""
+    at_least(1, samples=samples, max_steps=max_steps, processes=processes)
+    at_least(0, train_samples=train_samples)
+    if samples < processes:
+        raise ConfigError(f"samples ({samples}) must be at least processes ({processes}): one or more per shard")
     data = load_dataset(dataset)
     x_train, x_encode = split(data.x, max(train_samples, 1), samples, seed=seed)
     options = {"chunk_size": math.ceil(samples / processes)}

@@ -16,7 +16,7 @@ from ..data import load_dataset, split
 from ..encode import encode
 from ..solvers import Status
 from ..train import TrainConfig, Trainer
-from . import cli
+from . import at_least, cli, known
 from .data_efficiency import _decoder, machine
 
 SOLVER_SETTINGS = {
@@ -28,6 +28,7 @@ SOLVER_SETTINGS = {
     "adam": {"solver": "adam", "lr": 5e-3},
     "lbfgs": {"solver": "lbfgs"},
 }
+FIRST_BUDGET = 5  # step budgets tried: 5, 10, 20, ... up to max_budget
 
 
 def trained_decoder(data, n_train: int, latent_dim: int, seed: int, progress: bool, train_encode=None):
@@ -42,7 +43,7 @@ def trained_decoder(data, n_train: int, latent_dim: int, seed: int, progress: bo
 
 
 def _sweep(decoder, x, settings: dict, max_budget: int) -> list[dict]:
-    runs, budget = [], 5
+    runs, budget = [], FIRST_BUDGET
     while budget <= max_budget:
         start = time.perf_counter()
         enc = encode(decoder, x, max_steps=budget, **settings)
@@ -58,6 +59,9 @@ def _sweep(decoder, x, settings: dict, max_budget: int) -> list[dict]:
 def run(dataset: str = "mnist", *, n_train: int = 1000, n_test: int = 200, solvers=tuple(SOLVER_SETTINGS),
         max_budget: int = 2560, tolerance: float = 0.01, latent_dim: int = 20, seed: int = 0,
         train_encode: dict | None = None, progress: bool = True) -> dict:
+    known("solvers", solvers, SOLVER_SETTINGS)
+    at_least(1, n_train=n_train, n_test=n_test)
+    at_least(FIRST_BUDGET, max_budget=max_budget)
     data = load_dataset(dataset)
     decoder = trained_decoder(data, n_train, latent_dim, seed, progress, train_encode)
     _, x_test = split(data.x, n_train, n_test, seed=seed)

@@ -21,11 +21,11 @@ import torch
 
 from ..cli_args import int_list, seed_list
 from ..encode import encode
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..models import Conv1dDecoder, Conv2dDecoder
 from ..normalise import normalise
 from ..train import TrainConfig, Trainer
-from . import cli
+from . import at_least, cli, known
 from .data_efficiency import machine
 
 METHODS = ("gfe-amd", "gfe-nesterov", "ae", "pca")
@@ -114,11 +114,10 @@ def run(data, samples: list[int], *, methods=METHODS, n_test: int = 500, latent_
     The test set is drawn once (seed 0); `seeds` seed the neural methods' training."""
     from ..ins.io import load_spectra  # here: gfe.ins loads the spectra generator, which `gfe --help` need not
 
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ConfigError(f"unknown methods {unknown}; expected some of {', '.join(METHODS)}")
-    if not seeds:
-        raise ConfigError("seeds must name at least one training seed")
+    known("methods", methods, METHODS)
+    at_least(1, samples=samples, latent_dim=latent_dim, epochs=epochs)
+    at_least(0, seeds=seeds)
+    at_least(2 * PROBE_FOLDS, n_test=n_test)  # R² needs two or more test spectra in each of the probe's folds
     spectra = load_spectra(data)
     if spectra.labels is None:
         raise DataError(f"{data} has no labels (generating parameters); the latent probe needs them")
@@ -179,7 +178,7 @@ def add_parser(bench) -> None:
     q.add_argument("--samples", type=int_list, default=[50, 100, 300], help="training-set sizes")
     q.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
     q.add_argument("--n-test", type=int, default=500,
-                   help="held-out spectra (the probe's cross-validation runs on their latents; with "
+                   help="held-out spectra, at least 10 (the probe's cross-validation runs on their latents; with "
                         "few, its R^2 varies between folds and seeds; measured: docs/spectra.md)")
     q.add_argument("--latent-dim", type=int, default=8)
     q.add_argument("--epochs", type=int, default=20, help="passes over the training spectra")

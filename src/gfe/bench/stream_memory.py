@@ -26,7 +26,7 @@ from ..cli_args import int_list
 from ..latents import NpyAppender
 from ..models import MLPDecoder
 from ..persist import save_model
-from . import cli
+from . import at_least, cli, known
 from .data_efficiency import machine
 
 MODES = ("stream", "whole")
@@ -67,6 +67,8 @@ def _encode_in_child(mode: str, model: Path, data: Path, output: Path, chunk_row
 def run(sizes=(10_000, 100_000), *, features: int = 256, latent_dim: int = 8, max_steps: int = 5,
         chunk_rows: int = 4096, modes=MODES, seed: int = 0, progress: bool = True) -> dict:
     """Peak memory and seconds of encoding `sizes` samples in each mode."""
+    at_least(1, sizes=sizes, features=features, latent_dim=latent_dim, max_steps=max_steps, chunk_rows=chunk_rows)
+    known("modes", modes, MODES)
     results = []
     with tempfile.TemporaryDirectory(prefix="gfe-bench-stream.") as directory:
         root = Path(directory)
