@@ -25,7 +25,7 @@ def write_tiny_spectra(path, n=16, q=6, e=8):
 def test_bench_spectra_runs_end_to_end_and_writes_json_and_plots(tmp_path):
     write_tiny_spectra(tmp_path / "ins.h5")
     out = tmp_path / "bench" / "spectra.json"
-    assert main(["bench", "spectra", "--data", str(tmp_path / "ins.h5"), "--samples", "3,5", "--n-test", "8",
+    assert main(["bench", "spectra", "--data", str(tmp_path / "ins.h5"), "--samples", "3,5", "--n-test", "10",
                  "--latent-dim", "2", "--epochs", "1", "--json", str(out), "--quiet"]) == 0
     result = json.loads(out.read_text())
     rows = {(r["method"], r["samples"]) for r in result["results"]}
@@ -40,7 +40,7 @@ def test_bench_spectra_runs_end_to_end_and_writes_json_and_plots(tmp_path):
 def test_bench_spectra_repeats_seeds_and_regularises_every_neural_method(tmp_path):
     write_tiny_spectra(tmp_path / "ins.h5")
     out = tmp_path / "spectra.json"
-    assert main(["bench", "spectra", "--data", str(tmp_path / "ins.h5"), "--samples", "5", "--n-test", "8",
+    assert main(["bench", "spectra", "--data", str(tmp_path / "ins.h5"), "--samples", "5", "--n-test", "10",
                  "--latent-dim", "2", "--epochs", "1", "--methods", "gfe-amd,pca", "--seeds", "0,1",
                  "--latent-penalty", "0.01", "--latent-noise", "0.5", "--json", str(out), "--quiet"]) == 0
     result = json.loads(out.read_text())

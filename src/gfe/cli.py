@@ -11,9 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-DATA_HELP = ("data: a .npy, .npz, .h5/.hdf5 or .csv file (one sample per row or leading index; an HDF5 file "
-             "with a 'spectra' dataset is read as INS spectra, with its grid and mask), "
-             "'digits' (scikit-learn's embedded 8x8 digits) or 'mnist=PATH' (a local MNIST .npz)")
+from .cli_args import DATA_HELP, int_list, json_dict
+
 EXAMPLES = """\
 examples:
   gfe demo                                            # GFE vs autoencoder on the embedded digits
@@ -29,30 +28,6 @@ examples:
   gfe bench data-efficiency --dataset mnist=../shared/data/mnist-10k.npz --samples 100,1000
 
 Run 'gfe COMMAND --help' for the options of each command."""
-
-
-def _int_list(text: str, minimum: int = 1) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < minimum:
-        raise argparse.ArgumentTypeError(f"expected integers >= {minimum}, got {text!r}")
-    return values
-
-
-def _seed_list(text: str) -> list[int]:
-    return _int_list(text, minimum=0)
-
-
-def _json_dict(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"gtol\": 1e-3}}', got {text!r}")
-    return value
 
 
 def _add_train(sub) -> None:
@@ -94,7 +69,7 @@ def _add_train(sub) -> None:
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of DATA held out for validation")
     p.add_argument("--seed", type=int, default=TrainConfig.seed,
                    help="seeds the initial weights, the validation split, the data order and --latent-noise")
-    p.add_argument("--encode-options", type=_json_dict, default=None,
+    p.add_argument("--encode-options", type=json_dict, default=None,
                    help="JSON options for the flow during training, e.g. '{\"gtol\": 1e-3}'")
     p.add_argument("--on-nonfinite", default=TrainConfig.on_nonfinite, choices=list(ON_NONFINITE),
                    help="when a batch's training loss is NaN or infinite: stop with an error naming the "
@@ -105,27 +80,24 @@ def _add_train(sub) -> None:
                         "solver's steps) include how the latents depend on the decoder (see docs/gradients.md)")
     p.add_argument("--start", default=TrainConfig.start, choices=list(START_MODES),
                    help="where training flows begin: learned (a ridge map from samples to the latents found so "
-                        "far, saved with the model as where 'gfe encode' starts; 1.6-2.5x fewer decoder evaluations on MNIST) "
-                        "or zero (the reference's z0 = 0). Validation always starts at 0")
+                        "far, saved with the model as where 'gfe encode' starts; fewer decoder evaluations, measured: "
+                        "docs/benchmarks.md) or zero (the reference's z0 = 0). Validation always starts at 0")
     p.add_argument("--encode-ahead", type=int, default=TrainConfig.encode_ahead, metavar="K",
                    help="encode K batches in one flow call against the decoder before the first of them, then "
                         "update it batch by batch: latents up to K-1 updates stale, but small batches encode "
-                        "several times faster on a CPU (MNIST, batch 5: K=16 trains 2.7x faster for +2%% test loss, "
-                        "docs/benchmarks.md). gfe-* methods with --gradient approx")
+                        "faster on a CPU (measured: docs/benchmarks.md). gfe-* methods with --gradient approx")
     p.add_argument("--refine-start", action="store_true",
                    help="after training, refit the saved start map on converged latents of the last 2,000 "
                         "training samples and store the inverse of the mean Hessian there as the first BFGS metric "
-                        "(costs one encoding of them; later encodings then need far fewer decoder evaluations: "
-                        "MNIST 15 instead of 44.5 per image to within 1%% of the best loss)")
+                        "(costs one encoding of them; later encodings then need fewer decoder evaluations, measured: "
+                        "docs/benchmarks.md)")
     p.add_argument("--latent-penalty", type=float, default=TrainConfig.latent_penalty, metavar="BETA",
                    help="L2 prior BETA*|z|^2 on the latents: in the flow's energy for gfe-* (training and the "
                         "saved encoding settings), in the training loss for ae. Keeps latents bounded")
     p.add_argument("--latent-noise", type=float, default=TrainConfig.latent_noise, metavar="SIGMA",
                    help="train the decoder on latents plus Gaussian noise of this standard deviation (seeded): "
-                        "a decoder smooth around its latents. With --latent-penalty 1e-3, SIGMA 2 raised the "
-                        "physics a ridge regression reads from INS-map latents at 50-300 training maps (11 of 12 "
-                        "runs), for 14-26%% more reconstruction error (gfe-amd; docs/spectra.md). gfe-* with "
-                        "--gradient approx, or ae")
+                        "a decoder smooth around its latents, whose latents a linear model reads better, for more "
+                        "reconstruction error (measured: docs/spectra.md). gfe-* with --gradient approx, or ae")
     p.add_argument("--lazy", action="store_true",
                    help="keep the samples of a .npy or HDF5 DATA on disk and read each batch when it is needed "
                         "(for data larger than memory; same result, slower per batch)")
@@ -171,7 +143,7 @@ def _add_encode(sub) -> None:
                    help="latents file (.h5, .npz or .npy); with --shard, --shards or under torchrun, a folder "
                         "of shard files")
     p.add_argument("--key", help="array name in an .npz or dataset path in an HDF5 file")
-    p.add_argument("--options", type=_json_dict, default=None,
+    p.add_argument("--options", type=json_dict, default=None,
                    help="JSON overrides of the model's encode settings, e.g. '{\"gtol\": 1e-6}'")
     shards = p.add_mutually_exclusive_group()
     shards.add_argument("--shard", metavar="INDEX/COUNT",
@@ -286,7 +258,7 @@ def _add_demo(sub) -> None:
                     "loss_curves.png.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("gfe-demo"), help="folder for the plots and results.json")
-    p.add_argument("--samples", type=_int_list, default=[50, 200, 800],
+    p.add_argument("--samples", type=int_list, default=[50, 200, 800],
                    help="training-set sizes to compare (comma-separated)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(run=lambda args: _demo(args))
@@ -335,241 +307,13 @@ def _data_ins(args) -> None:
         print(f"{args.n} {args.kind} spectra written to {args.out}")
 
 
-def _add_result_options(q) -> None:
-    """Where a benchmark's JSON goes (printed if not given), and --quiet."""
-    q.add_argument("--json", type=Path, default=None, help="write the results here")
-    q.add_argument("--quiet", action="store_true", help="print nothing but errors")
-
-
 def _add_bench(sub) -> None:
-    from .start import START_MODES
+    from .bench import data_efficiency, encoding, gradients, sharded_encoding, solvers, spectra, stream_memory
 
     p = sub.add_parser("bench", help="benchmarks that write JSON")
     bench = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
-    q = bench.add_parser(
-        "data-efficiency", help="test loss against training samples seen (DESIGN §5)",
-        description="One pass over N training samples, batch 5, RMSprop lr 5e-4, BCE; test loss = mean "
-                    "per-pixel BCE of held-out samples encoded from z0 = 0 (the autoencoder uses its encoder).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    q.add_argument("--dataset", default="mnist", help=DATA_HELP)
-    q.add_argument("--methods", default="gfe-amd,ae", help="comma-separated training methods")
-    q.add_argument("--samples", type=_int_list, default=[100, 1000], help="training-set sizes")
-    q.add_argument("--n-test", type=int, default=1000, help="held-out samples")
-    q.add_argument("--train-encode", type=_json_dict, default=None,
-                   help="JSON options for the GFE methods' flows during training, e.g. '{\"max_steps\": 30}'")
-    q.add_argument("--start", default="learned", choices=list(START_MODES),
-                   help="where the GFE methods' training flows begin (the test encoding starts at 0 either way)")
-    q.add_argument("--encode-ahead", type=int, default=1, metavar="K",
-                   help="the GFE methods encode K batches per flow call (see 'gfe train --help')")
-    q.add_argument("--repeat", type=int, default=1,
-                   help="train each setting this many times (the runs are identical) and report the median "
-                        "training time and each one, as a shared machine's timings vary")
-    _add_result_options(q)
-    q.set_defaults(run=_bench_data_efficiency)
-    _add_bench_encode(bench)
-    _add_bench_sharded_encoding(bench)
-    _add_bench_spectra(bench)
-    _add_bench_gradients(bench)
-    _add_bench_solvers(bench)
-    _add_bench_stream_memory(bench)
-
-
-def _add_bench_stream_memory(bench) -> None:
-    q = bench.add_parser(
-        "stream-memory", help="peak memory of 'gfe encode' against the number of samples",
-        description="Generate SIZES samples on disk (.npy, float32) and encode each in a fresh process, streamed "
-                    "in chunks (what 'gfe encode' does) and read whole (for contrast), with a small decoder and "
-                    "few steps; report each process's peak resident memory and seconds. Streamed, the peak stays "
-                    "flat.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    q.add_argument("--sizes", type=_int_list, default=[10_000, 100_000], help="numbers of samples")
-    q.add_argument("--features", type=int, default=256, help="features per sample")
-    q.add_argument("--chunk-rows", type=int, default=4096, help="samples per chunk (the encoder's chunk_size)")
-    q.add_argument("--max-steps", type=int, default=5, help="flow steps per sample (bounds the run time)")
-    _add_result_options(q)
-    q.set_defaults(run=_bench_stream_memory)
-
-
-def _bench_stream_memory(args) -> None:
-    from .bench import stream_memory
-
-    result = stream_memory.run(args.sizes, features=args.features, chunk_rows=args.chunk_rows,
-                               max_steps=args.max_steps, progress=not args.quiet)
-    _emit(result, args.json, args.quiet)
-
-
-def _add_bench_spectra(bench) -> None:
-    q = bench.add_parser(
-        "spectra", help="GFE vs autoencoder vs PCA on INS spectra: test error, physics in the latent, time",
-        description="On an INS spectra file (from 'gfe data ins'), train GFE (AMD and Nesterov), the autoencoder "
-                    "with the same convolutional decoder, and PCA, at equal latent size and several training "
-                    "sizes; report test reconstruction MSE (per-sample mean-normalised spectra), cross-validated "
-                    "ridge R^2 from test latents to the generating parameters, and training and encoding times. "
-                    "Writes the plots next to --json. See docs/spectra.md.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    q.add_argument("--data", required=True, type=Path, help="INS spectra file with labels")
-    q.add_argument("--samples", type=_int_list, default=[50, 100, 300], help="training-set sizes")
-    q.add_argument("--methods", default="gfe-amd,gfe-nesterov,ae,pca", help="comma-separated methods")
-    q.add_argument("--n-test", type=int, default=500,
-                   help="held-out spectra (the probe's cross-validation runs on their latents; at 100 its R^2 "
-                        "varies by several hundredths between folds and seeds)")
-    q.add_argument("--latent-dim", type=int, default=8)
-    q.add_argument("--epochs", type=int, default=20, help="passes over the training spectra")
-    q.add_argument("--seeds", type=_seed_list, default=[0],
-                   help="training seeds (initial weights, sample order); the summary averages them")
-    q.add_argument("--latent-penalty", type=float, default=0.0, metavar="BETA",
-                   help="L2 latent prior for every neural method (as 'gfe train --latent-penalty')")
-    q.add_argument("--latent-noise", type=float, default=0.0, metavar="SIGMA",
-                   help="noise on the decoder's training latents for every neural method "
-                        "(as 'gfe train --latent-noise')")
-    q.add_argument("--json", type=Path, default=None, help="write the results here (plots beside it)")
-    q.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    q.set_defaults(run=_bench_spectra)
-
-
-def _bench_spectra(args) -> None:
-    from .bench import spectra
-
-    result = spectra.run(args.data, args.samples, methods=args.methods.split(","), n_test=args.n_test,
-                         latent_dim=args.latent_dim, epochs=args.epochs, seeds=args.seeds,
-                         latent_penalty=args.latent_penalty, latent_noise=args.latent_noise,
-                         plots=None if args.json is None else args.json.parent, progress=not args.quiet)
-    _emit(result, args.json, args.quiet)
-
-
-def _add_bench_encode(bench) -> None:
-    q = bench.add_parser(
-        "encode", help="encoding cost per sample of each solver setting, against the decoder's own rate",
-        description="Encode N samples with a trained decoder (--model, or the data-efficiency protocol's GFE-AMD "
-                    "decoder trained here on 1,000 samples) under several solver settings; report seconds, "
-                    "decoder evaluations per sample (mean, p95), loss relative to the best reachable, and the "
-                    "share of the decoder's own forward-plus-VJP rate and of the matmul bound.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    q.add_argument("--dataset", default="mnist", help=DATA_HELP)
-    q.add_argument("--model", type=Path, default=None, help="model directory written by 'gfe train'")
-    q.add_argument("--n", type=int, default=10_000, help="samples to encode")
-    q.add_argument("--batch", type=int, default=4096, help="samples per solver call")
-    q.add_argument("--refine-start", action="store_true",
-                   help="refit the trained decoder's start map on converged latents of its 1,000 training samples "
-                        "first (as 'gfe train --refine-start' does)")
-    q.add_argument("--only", default=None, metavar="TEXT",
-                   help="run only the settings whose name contains TEXT, e.g. 'learned start'")
-    q.add_argument("--repeat", type=int, default=1,
-                   help="encode with each setting this many times (identical results) and report the median time")
-    _add_result_options(q)
-    q.set_defaults(run=_bench_encode)
-
-
-def _bench_encode(args) -> None:
-    from .bench import encoding
-    from .errors import ConfigError
-
-    settings = None
-    if args.only is not None:
-        settings = {name: options for name, options in encoding.SETTINGS.items() if args.only in name}
-        if not settings:
-            raise ConfigError(f"no encode benchmark setting's name contains {args.only!r}; the settings are: "
-                              + "; ".join(encoding.SETTINGS))
-    result = encoding.run(args.dataset, model=args.model, n=args.n, batch=args.batch, settings=settings,
-                          refine_start=args.refine_start, repeat=args.repeat, progress=not args.quiet)
-    _emit(result, args.json, args.quiet)
-
-
-def _flow_bench_parser(bench, name: str, help: str, description: str, n_test: int):
-    """A benchmark parser with the options the flow benchmarks share."""
-    q = bench.add_parser(name, help=help, description=description,
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    q.add_argument("--dataset", default="mnist", help=DATA_HELP)
-    q.add_argument("--n-train", type=int, default=1000, help="training samples (one pass)")
-    q.add_argument("--n-test", type=int, default=n_test, help="held-out samples")
-    _add_result_options(q)
-    return q
-
-
-def _add_bench_gradients(bench) -> None:
-    q = _flow_bench_parser(
-        bench, "gradients", "approx versus exact (adjoint, unrolled) decoder gradients in training",
-        "One pass over N training samples, batch 5, RMSprop lr 5e-4, BCE, with each decoder gradient and flow; "
-        "reports test loss (mean per-pixel BCE of held-out samples) and training seconds.", n_test=1000)
-    q.add_argument("--flows", default="first,nesterov", help="comma-separated flows")
-    q.add_argument("--gradients", default="approx,adjoint,unrolled", help="comma-separated gradient modes")
-    q.set_defaults(run=_bench_gradients)
-
-
-def _bench_gradients(args) -> None:
-    from .bench import gradients
-
-    result = gradients.run(args.dataset, n_train=args.n_train, n_test=args.n_test, flows=args.flows.split(","),
-                           gradients=args.gradients.split(","), progress=not args.quiet)
-    _emit(result, args.json, args.quiet)
-
-
-def _add_bench_solvers(bench) -> None:
-    from .bench.solvers import SOLVER_SETTINGS
-    from .solvers import SOLVERS
-
-    q = _flow_bench_parser(
-        bench, "solvers", "decoder evaluations and seconds each solver needs to reach the same test loss",
-        "Train the MNIST decoder once (GFE-AMD, one pass over --n-train samples), then encode held-out samples "
-        "with each solver under step budgets 5, 10, 20, ... and report the evaluations and seconds of the first "
-        "budget whose mean loss is within 1%% of the best any solver reached.", n_test=200)
-    q.add_argument("--solvers", default=",".join(SOLVER_SETTINGS),
-                   help="comma-separated settings, from: " + ", ".join(SOLVER_SETTINGS)
-                        + "; or any registered solver with its default options: " + ", ".join(SOLVERS))
-    q.add_argument("--max-budget", type=int, default=2560, help="largest step budget tried")
-    q.set_defaults(run=_bench_solvers)
-
-
-def _bench_solvers(args) -> None:
-    from .bench import solvers
-
-    result = solvers.run(args.dataset, n_train=args.n_train, n_test=args.n_test, solvers=args.solvers.split(","),
-                         max_budget=args.max_budget, progress=not args.quiet)
-    _emit(result, args.json, args.quiet)
-
-
-def _bench_data_efficiency(args) -> None:
-    from .bench import data_efficiency
-
-    result = data_efficiency.run(args.dataset, args.methods.split(","), args.samples, n_test=args.n_test,
-                                 train_encode=args.train_encode, train_start=args.start,
-                                 encode_ahead=args.encode_ahead, repeat=args.repeat, progress=not args.quiet)
-    _emit(result, args.json, args.quiet)
-
-
-def _add_bench_sharded_encoding(bench) -> None:
-    q = bench.add_parser(
-        "sharded-encoding", help="encoding speed of N processes (torchrun) against one",
-        description="Train a decoder briefly, then encode SAMPLES images with one process (one thread), one "
-                    "process with N threads, and N processes under torchrun (one thread each); report wall and "
-                    "encoding times, speed-ups, and whether the merged shards equal the single-process latents.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    q.add_argument("--dataset", default="mnist", help=DATA_HELP)
-    q.add_argument("--samples", type=int, default=2000, help="images to encode")
-    q.add_argument("--train-samples", type=int, default=100, help="images for the brief training (0: random decoder)")
-    q.add_argument("--max-steps", type=int, default=200, help="flow step budget per sample when encoding")
-    q.add_argument("--processes", type=int, default=2, help="N")
-    _add_result_options(q)
-    q.set_defaults(run=_bench_sharded_encoding)
-
-
-def _bench_sharded_encoding(args) -> None:
-    from .bench import sharded_encoding
-
-    result = sharded_encoding.run(args.dataset, samples=args.samples, train_samples=args.train_samples,
-                                  max_steps=args.max_steps, processes=args.processes, progress=not args.quiet)
-    _emit(result, args.json, args.quiet)
-
-
-def _emit(result: dict, path: Path | None, quiet: bool) -> None:
-    from .persist import atomic_write_text
-
-    text = json.dumps(result, indent=2)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, text + "\n")
-    elif not quiet:
-        print(text)
+    for module in (data_efficiency, encoding, sharded_encoding, spectra, gradients, solvers, stream_memory):
+        module.add_parser(bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,8 +27,7 @@ def threads_for_rows(rows: int):
 
     A flow step on a small batch is a chain of tiny kernels: a second thread adds
     synchronisation and, on a busy machine, waits for a descheduled partner
-    (measured on 2 cores with other work running: 17 s against 300 s for the same
-    300-sample training pass at batch 5). Larger batches keep the configured threads.
+    (measured: docs/benchmarks.md). Larger batches keep the configured threads.
     """
     before = torch.get_num_threads()
     if rows < SMALL_BATCH and before > 1:

@@ -96,10 +96,10 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         The trained decoder.
     start_ : gfe.start.RidgeStart or None
         The learned start map: a ridge regression from rows to the latents the
-        flow found during training, where `transform`'s flows begin (on MNIST
-        1.6 to 2.5 times fewer decoder evaluations than from 0 for the same
-        loss). None
-        (start at 0) for more than `gfe.start.MAX_FEATURES` features.
+        flow found during training, where `transform`'s flows begin (fewer
+        decoder evaluations than from 0 for the same loss; measured:
+        docs/benchmarks.md). None (start at 0) for more than
+        `gfe.start.MAX_FEATURES` features.
     n_features_in_ : int
     feature_names_in_ : ndarray of str (only when X had string column names)
     n_iter_ : int

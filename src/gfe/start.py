@@ -2,9 +2,8 @@
 
 From `z0 = 0` the flow spends most of its decoder evaluations travelling from
 the origin into the sample's basin. A linear map fitted to the latents the flow
-found for earlier samples starts it close to its end: on MNIST the flow then
-needs 44 instead of 112 evaluations per image to come within 1% of the best
-loss, and 113 instead of 186 to reach it (docs/benchmarks.md).
+found for earlier samples starts it close to its end, so the flow needs fewer
+decoder evaluations for the same loss (measured: docs/benchmarks.md).
 The map reads the sample alone, so encodings stay deterministic and do not
 depend on batch-mates; the flow, not the map, decides where a sample ends.
 
@@ -99,10 +98,10 @@ class RidgeFit:
     `update` adds a batch's `rows` to the statistics (older samples decay by `1 - 1/memory`
     per sample seen); every `refit_every` samples the map in use is re-solved,
     with a penalty of `penalty` times the mean diagonal of the statistics, so it
-    does not depend on the data's scale. The solve (~10 ms at MNIST's 785
-    features) runs on a worker thread, i.e. on a core the batch-5 flows leave
-    idle, from a copy of the statistics; `start` waits for it, so the map in use
-    is the same as if it were solved in place. `state_dict` holds everything a
+    does not depend on the data's scale. The solve (timed in docs/benchmarks.md)
+    runs on a worker thread, i.e. on a core the batch-5 flows leave idle, from a
+    copy of the statistics; `start` waits for it, so the map in use is the same
+    as if it were solved in place. `state_dict` holds everything a
     resumed run needs to continue exactly.
     """
 
@@ -115,7 +114,7 @@ class RidgeFit:
                               f"memory={memory}, penalty={penalty}, refit_every={refit_every}")
         self._start = RidgeStart(feature_shape, latent_dim)
         size = math.prod(self._start.feature_shape) + 1
-        if refit_every is None:  # a solve costs ~size³: ~10 ms at MNIST's 785, so refit often there, less for more
+        if refit_every is None:  # a solve costs ~size³ (MNIST's: docs/benchmarks.md): refit often for few features
             refit_every = max(25, round(25 * (size / 1024) ** 2))
         self.gram = torch.zeros(size, size, dtype=torch.float64)
         self.cross = torch.zeros(size, latent_dim, dtype=torch.float64)

@@ -7,7 +7,7 @@ order and starts from the same decoder weights. With `encode_ahead` > 1 the GFE
 methods encode that many batches per flow call (`TrainConfig.encode_ahead`);
 the decoder still takes one update per batch of 5. `repeat` trains each
 setting several times and reports the median time, since a shared machine's
-timings vary by tens of percent; the runs themselves are identical.
+timings vary (docs/benchmarks.md); the runs themselves are identical.
 """
 
 from __future__ import annotations
@@ -18,13 +18,17 @@ import time
 import numpy as np
 import torch
 
+from ..cli_args import DATA_HELP, int_list, json_dict
 from ..data import load_dataset
 from ..encode import encode
-from ..models import MLPDecoder, default_decoder
 from ..methods import METHODS
+from ..models import MLPDecoder, default_decoder
 from ..samples import split
+from ..start import START_MODES
 from ..train import Trainer
 from ..train_config import TrainConfig
+from . import at_least, cli, known
+
 
 def _decoder(shape: tuple[int, ...], latent_dim: int, seed: int):
     torch.manual_seed(seed)
@@ -66,11 +70,8 @@ def run(
     repeat: int = 1,
     progress: bool = True,
 ) -> dict:
-    if repeat < 1:
-        raise ValueError(f"repeat must be at least 1; got {repeat}")
-    for method in methods:
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    known("methods", methods, METHODS)
+    at_least(1, samples=samples, n_test=n_test, encode_ahead=encode_ahead, repeat=repeat)
     data = load_dataset(dataset)
     x_train_all, x_test = split(data.x, max(samples), n_test, seed=seed)
     results = []
@@ -115,3 +116,32 @@ def run(
         "machine": machine(),
         "results": results,
     }
+
+
+def add_parser(bench) -> None:
+    q = cli.parser(
+        bench, "data-efficiency", "test loss against training samples seen (DESIGN §5)",
+        "One pass over N training samples, batch 5, RMSprop lr 5e-4, BCE; test loss = mean per-pixel BCE of "
+        "held-out samples encoded from z0 = 0 (the autoencoder uses its encoder).")
+    q.add_argument("--dataset", default="mnist", help=DATA_HELP)
+    q.add_argument("--methods", default="gfe-amd,ae", help="comma-separated training methods")
+    q.add_argument("--samples", type=int_list, default=[100, 1000], help="training-set sizes")
+    q.add_argument("--n-test", type=int, default=1000, help="held-out samples")
+    q.add_argument("--train-encode", type=json_dict, default=None,
+                   help="JSON options for the GFE methods' flows during training, e.g. '{\"max_steps\": 30}'")
+    q.add_argument("--start", default="learned", choices=list(START_MODES),
+                   help="where the GFE methods' training flows begin (the test encoding starts at 0 either way)")
+    q.add_argument("--encode-ahead", type=int, default=1, metavar="K",
+                   help="the GFE methods encode K batches per flow call (see 'gfe train --help')")
+    q.add_argument("--repeat", type=int, default=1,
+                   help="train each setting this many times (the runs are identical) and report the median "
+                        "training time and each one, as a shared machine's timings vary")
+    cli.add_result_options(q)
+    q.set_defaults(run=_command)
+
+
+def _command(args) -> None:
+    result = run(args.dataset, args.methods.split(","), args.samples, n_test=args.n_test,
+                 train_encode=args.train_encode, train_start=args.start, encode_ahead=args.encode_ahead,
+                 repeat=args.repeat, progress=not args.quiet)
+    cli.emit(result, args.json, args.quiet)

@@ -12,21 +12,25 @@ start). Settings marked "learned start" begin at the model's start map
 from __future__ import annotations
 
 import math
-import platform
 import resource
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..cli_args import DATA_HELP
 from ..data import load_dataset
 from ..encode import encode
+from ..errors import ConfigError
 from ..losses import Loss
 from ..models import MLPDecoder
 from ..objective import Objective
 from ..persist import load_model
 from ..samples import split
 from ..train import TrainConfig, Trainer
+from . import at_least, cli
+from .data_efficiency import machine
 
 SETTINGS = {
     "reference AMD (flow steps, to tau)": {"step": "flow"},
@@ -84,11 +88,10 @@ def run(dataset: str, *, model=None, n: int = 10_000, batch: int = 4096, setting
         seed: int = 0, refine_start: bool = False, repeat: int = 1, progress: bool = True) -> dict:
     """`repeat` encodes with each setting that many times (identical results) and
     reports the median time, since a shared machine's timings vary."""
-    if repeat < 1:
-        raise ValueError(f"repeat must be at least 1; got {repeat}")
+    at_least(1, n=n, batch=batch, repeat=repeat)
     if model is not None and refine_start:
-        raise ValueError("refine_start applies to the decoder this benchmark trains, not to a given model "
-                         "(train that with 'gfe train --refine-start')")
+        raise ConfigError("refine_start applies to the decoder this benchmark trains, not to a given model "
+                          "(train that with 'gfe train --refine-start')")
     data = load_dataset(dataset)
     decoder, loss_name, start_map, refine_seconds = _decoder(model, dataset, seed, progress, refine_start)
     decoder.eval()
@@ -143,7 +146,40 @@ def run(dataset: str, *, model=None, n: int = 10_000, batch: int = 4096, setting
         "samples": len(x), "batch": batch, "decoder_parameters": params, "best_loss": best_loss,
         "best_options": BEST, "decoder_evals_per_second": decoder_rate,
         "decoder_gflops": decoder_rate * flops_per_eval / 1e9, "matmul_gflops": matmul,
-        "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()},
+        "machine": machine(),
         "results": rows,
     }
+
+
+def add_parser(bench) -> None:
+    q = cli.parser(
+        bench, "encode", "encoding cost per sample of each solver setting, against the decoder's own rate",
+        "Encode N samples with a trained decoder (--model, or the data-efficiency protocol's GFE-AMD decoder "
+        "trained here on 1,000 samples) under several solver settings; report seconds, decoder evaluations per "
+        "sample (mean, p95), loss relative to the best reachable, and the share of the decoder's own "
+        "forward-plus-VJP rate and of the matmul bound.")
+    q.add_argument("--dataset", default="mnist", help=DATA_HELP)
+    q.add_argument("--model", type=Path, default=None, help="model directory written by 'gfe train'")
+    q.add_argument("--n", type=int, default=10_000, help="samples to encode")
+    q.add_argument("--batch", type=int, default=4096, help="samples per solver call")
+    q.add_argument("--refine-start", action="store_true",
+                   help="refit the trained decoder's start map on converged latents of its 1,000 training samples "
+                        "first (as 'gfe train --refine-start' does)")
+    q.add_argument("--only", default=None, metavar="TEXT",
+                   help="run only the settings whose name contains TEXT, e.g. 'learned start'")
+    q.add_argument("--repeat", type=int, default=1,
+                   help="encode with each setting this many times (identical results) and report the median time")
+    cli.add_result_options(q)
+    q.set_defaults(run=_command)
+
+
+def _command(args) -> None:
+    settings = None
+    if args.only is not None:
+        settings = {name: options for name, options in SETTINGS.items() if args.only in name}
+        if not settings:
+            raise ConfigError(f"no encode benchmark setting's name contains {args.only!r}; the settings are: "
+                              + "; ".join(SETTINGS))
+    result = run(args.dataset, model=args.model, n=args.n, batch=args.batch, settings=settings,
+                 refine_start=args.refine_start, repeat=args.repeat, progress=not args.quiet)
+    cli.emit(result, args.json, args.quiet)

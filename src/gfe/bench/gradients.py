@@ -15,6 +15,7 @@ import time
 from ..data import load_dataset
 from ..samples import split
 from ..train import TrainConfig, Trainer
+from . import at_least, cli, known
 from .data_efficiency import _decoder, machine
 
 FLOW_METHODS = {"first": "gfe-amd", "nesterov": "gfe-nesterov"}
@@ -24,6 +25,9 @@ GRADIENT_MODES = ("approx", "adjoint", "unrolled")
 def run(dataset: str = "mnist", *, n_train: int = 1000, n_test: int = 1000, flows=("first", "nesterov"),
         gradients=GRADIENT_MODES, latent_dim: int = 20, batch_size: int = 5, lr: float = 5e-4, seed: int = 0,
         train_encode: dict | None = None, progress: bool = True) -> dict:
+    known("flows", flows, FLOW_METHODS)
+    known("gradients", gradients, GRADIENT_MODES)
+    at_least(1, n_train=n_train, n_test=n_test)
     data = load_dataset(dataset)
     x_train, x_test = split(data.x, n_train, n_test, seed=seed)
     train_encode = {} if train_encode is None else train_encode
@@ -48,3 +52,19 @@ def run(dataset: str = "mnist", *, n_train: int = 1000, n_test: int = 1000, flow
     return {"benchmark": "gradients", "dataset": data.name, "n_train": n_train, "n_test": n_test,
             "latent_dim": latent_dim, "batch_size": batch_size, "optimizer": "rmsprop", "lr": lr, "seed": seed,
             "train_encode_options": train_encode, "machine": machine(), "results": results}
+
+
+def add_parser(bench) -> None:
+    q = cli.flow_parser(
+        bench, "gradients", "approx versus exact (adjoint, unrolled) decoder gradients in training",
+        "One pass over N training samples, batch 5, RMSprop lr 5e-4, BCE, with each decoder gradient and flow; "
+        "reports test loss (mean per-pixel BCE of held-out samples) and training seconds.", n_test=1000)
+    q.add_argument("--flows", default="first,nesterov", help="comma-separated flows")
+    q.add_argument("--gradients", default="approx,adjoint,unrolled", help="comma-separated gradient modes")
+    q.set_defaults(run=_command)
+
+
+def _command(args) -> None:
+    result = run(args.dataset, n_train=args.n_train, n_test=args.n_test, flows=args.flows.split(","),
+                 gradients=args.gradients.split(","), progress=not args.quiet)
+    cli.emit(result, args.json, args.quiet)

@@ -31,11 +31,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..cli_args import DATA_HELP
 from ..data import load_dataset
+from ..errors import ConfigError
 from ..latents import read_encoding
 from ..samples import split
 from ..shards import merge_shards, shard_path
 from ..train import TrainConfig, Trainer
+from . import at_least, cli
 from .data_efficiency import _decoder
 
 
@@ -63,6 +66,8 @@ def _gfe_command(launcher: list[str], args: list[str], threads: int) -> float:
 
 
 def _variant(name, launcher, processes, threads, model, data, out, options) -> dict:
+    from ..shards import merge_shards, shard_path  # here: it imports gfe.workflows, which `gfe --help` need not
+
     wall = _gfe_command(launcher, ["encode", str(model), str(data), "-o", str(out), "--options", json.dumps(options),
                                    *(["--shards", "1"] if processes == 1 else [])], threads)
     shard_seconds = [read_encoding(shard_path(out, i, processes))[1]["encode_seconds"] for i in range(processes)]
@@ -77,6 +82,10 @@ def run(dataset: str = "mnist", *, samples: int = 2000, train_samples: int = 100
         processes: int = 2, seed: int = 0, progress: bool = True) -> dict:
     """Time encoding `samples` images with 1 process, 1 process with `processes`
     threads, and `processes` processes; return the timings and speed-ups."""
+    at_least(1, samples=samples, max_steps=max_steps, processes=processes)
+    at_least(0, train_samples=train_samples)
+    if samples < processes:
+        raise ConfigError(f"samples ({samples}) must be at least processes ({processes}): one or more per shard")
     data = load_dataset(dataset)
     x_train, x_encode = split(data.x, max(train_samples, 1), samples, seed=seed)
     options = {"chunk_size": math.ceil(samples / processes)}
@@ -110,3 +119,24 @@ def run(dataset: str = "mnist", *, samples: int = 2000, train_samples: int = 100
         "machine": {"cpus": os.cpu_count(), "load_average_before": load_before, "platform": platform.platform(),
                     "torch": torch.__version__, "python": platform.python_version()},
     }
+
+
+def add_parser(bench) -> None:
+    q = cli.parser(
+        bench, "sharded-encoding", "encoding speed of N processes (torchrun) against one",
+        "Train a decoder briefly, then encode SAMPLES images with one process (one thread), one process with N "
+        "threads, and N processes under torchrun (one thread each); report wall and encoding times, speed-ups, "
+        "and whether the merged shards equal the single-process latents.")
+    q.add_argument("--dataset", default="mnist", help=DATA_HELP)
+    q.add_argument("--samples", type=int, default=2000, help="images to encode")
+    q.add_argument("--train-samples", type=int, default=100, help="images for the brief training (0: random decoder)")
+    q.add_argument("--max-steps", type=int, default=200, help="flow step budget per sample when encoding")
+    q.add_argument("--processes", type=int, default=2, help="N")
+    cli.add_result_options(q)
+    q.set_defaults(run=_command)
+
+
+def _command(args) -> None:
+    result = run(args.dataset, samples=args.samples, train_samples=args.train_samples, max_steps=args.max_steps,
+                 processes=args.processes, progress=not args.quiet)
+    cli.emit(result, args.json, args.quiet)

@@ -19,6 +19,7 @@ from ..samples import split
 from ..solvers import SOLVERS, Status
 from ..train import Trainer
 from ..train_config import TrainConfig
+from . import at_least, cli, known
 from .data_efficiency import _decoder, machine
 
 SOLVER_SETTINGS = {
@@ -30,6 +31,7 @@ SOLVER_SETTINGS = {
     "adam": {"solver": "adam", "lr": 5e-3},
     "lbfgs": {"solver": "lbfgs"},
 }
+FIRST_BUDGET = 5  # step budgets tried: 5, 10, 20, ... up to max_budget
 
 
 def solver_settings(name: str) -> dict:
@@ -55,7 +57,7 @@ def trained_decoder(data, n_train: int, latent_dim: int, seed: int, progress: bo
 
 
 def _sweep(decoder, x, settings: dict, max_budget: int) -> list[dict]:
-    runs, budget = [], 5
+    runs, budget = [], FIRST_BUDGET
     while budget <= max_budget:
         start = time.perf_counter()
         enc = encode(decoder, x, max_steps=budget, **settings)
@@ -72,6 +74,8 @@ def run(dataset: str = "mnist", *, n_train: int = 1000, n_test: int = 200, solve
         max_budget: int = 2560, tolerance: float = 0.01, latent_dim: int = 20, seed: int = 0,
         train_encode: dict | None = None, progress: bool = True) -> dict:
     settings = {name: solver_settings(name) for name in solvers}
+    at_least(1, n_train=n_train, n_test=n_test)
+    at_least(FIRST_BUDGET, max_budget=max_budget)
     data = load_dataset(dataset)
     decoder = trained_decoder(data, n_train, latent_dim, seed, progress, train_encode)
     _, x_test = split(data.x, n_train, n_test, seed=seed)
@@ -95,3 +99,22 @@ def run(dataset: str = "mnist", *, n_train: int = 1000, n_test: int = 200, solve
     return {"benchmark": "solvers", "dataset": data.name, "n_train": n_train, "n_test": n_test,
             "latent_dim": latent_dim, "seed": seed, "tolerance": tolerance, "best_mean_loss": best,
             "target_mean_loss": target, "max_budget": max_budget, "machine": machine(), "results": results}
+
+
+def add_parser(bench) -> None:
+    q = cli.flow_parser(
+        bench, "solvers", "decoder evaluations and seconds each solver needs to reach the same test loss",
+        "Train the MNIST decoder once (GFE-AMD, one pass over --n-train samples), then encode held-out samples "
+        "with each solver under step budgets 5, 10, 20, ... and report the evaluations and seconds of the first "
+        "budget whose mean loss is within 1%% of the best any solver reached.", n_test=200)
+    q.add_argument("--solvers", default=",".join(SOLVER_SETTINGS),
+                   help="comma-separated settings, from: " + ", ".join(SOLVER_SETTINGS)
+                        + "; or any registered solver (gfe.solvers.SOLVERS) with its default options")
+    q.add_argument("--max-budget", type=int, default=2560, help="largest step budget tried")
+    q.set_defaults(run=_command)
+
+
+def _command(args) -> None:
+    result = run(args.dataset, n_train=args.n_train, n_test=args.n_test, solvers=args.solvers.split(","),
+                 max_budget=args.max_budget, progress=not args.quiet)
+    cli.emit(result, args.json, args.quiet)

@@ -13,26 +13,20 @@ holds), and wall times for training and encoding; `summary` averages the seeds.
 from __future__ import annotations
 
 import itertools
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.decomposition import PCA
-from sklearn.linear_model import RidgeCV
-from sklearn.model_selection import cross_val_score
-from sklearn.neighbors import KNeighborsRegressor
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
+from ..cli_args import int_list, seed_list
 from ..encode import encode
-from ..errors import ConfigError, DataError
-from ..ins.io import load_spectra
+from ..errors import DataError
 from ..models import Conv1dDecoder, Conv2dDecoder
 from ..normalise import normalise
-from ..plots import plot_curves, plot_reconstructions
 from ..train import TrainConfig, Trainer
+from . import at_least, cli, known
+from .data_efficiency import machine
 
 METHODS = ("gfe-amd", "gfe-nesterov", "ae", "pca")
 CATEGORICAL_LABELS = ("family",)  # an index, not a quantity: left out of the ridge probe
@@ -49,6 +43,12 @@ def probe_r2(z: np.ndarray, labels: np.ndarray, names, *, folds: int = PROBE_FOL
     grid): a fixed one lets a few far-out latents swing the fit, which says more
     about the penalty than about what the latents hold. "knn" (10 nearest
     neighbours) asks whether the latents hold it at all, linearly or not."""
+    from sklearn.linear_model import RidgeCV  # scikit-learn takes seconds to import: not for `gfe --help`
+    from sklearn.model_selection import cross_val_score
+    from sklearn.neighbors import KNeighborsRegressor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     folds = min(folds, len(z))
     cv = np.random.default_rng(seed).permutation(len(z)) % folds  # fixed, shuffled folds
     splits = [(np.flatnonzero(cv != k), np.flatnonzero(cv == k)) for k in range(folds)]
@@ -94,6 +94,8 @@ def _neural(method, x_train, x_test, mask, *, latent_dim, epochs, batch_size, lr
 
 
 def _pca(x_train, x_test, *, latent_dim):
+    from sklearn.decomposition import PCA
+
     n_components = min(latent_dim, len(x_train))
     start = time.perf_counter()
     pca = PCA(n_components=n_components).fit(x_train.reshape(len(x_train), -1))
@@ -110,11 +112,12 @@ def run(data, samples: list[int], *, methods=METHODS, n_test: int = 500, latent_
         plots=None, progress: bool = True) -> dict:
     """Run the benchmark on the spectra file `data`; write PNGs into `plots` if given.
     The test set is drawn once (seed 0); `seeds` seed the neural methods' training."""
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ConfigError(f"unknown methods {unknown}; expected some of {', '.join(METHODS)}")
-    if not seeds:
-        raise ConfigError("seeds must name at least one training seed")
+    from ..ins.io import load_spectra  # here: gfe.ins loads the spectra generator, which `gfe --help` need not
+
+    known("methods", methods, METHODS)
+    at_least(1, samples=samples, latent_dim=latent_dim, epochs=epochs)
+    at_least(0, seeds=seeds)
+    at_least(2 * PROBE_FOLDS, n_test=n_test)  # R² needs two or more test spectra in each of the probe's folds
     spectra = load_spectra(data)
     if spectra.labels is None:
         raise DataError(f"{data} has no labels (generating parameters); the latent probe needs them")
@@ -158,10 +161,44 @@ def run(data, samples: list[int], *, methods=METHODS, n_test: int = 500, latent_
         "probe": f"{PROBE_FOLDS}-fold CV ridge (standardised latents, penalty chosen inside each fold by RidgeCV) "
                  "on the test latents; mean over continuous labels. probe_knn: the same folds with "
                  f"{PROBE_NEIGHBOURS}-nearest-neighbour regression (nonlinear)",
-        "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()},
+        "machine": machine(),
         "results": results, "summary": summary,
     }
+
+
+def add_parser(bench) -> None:
+    q = cli.parser(
+        bench, "spectra", "GFE vs autoencoder vs PCA on INS spectra: test error, physics in the latent, time",
+        "On an INS spectra file (from 'gfe data ins'), train GFE (AMD and Nesterov), the autoencoder with the "
+        "same convolutional decoder, and PCA, at equal latent size and several training sizes; report test "
+        "reconstruction MSE (per-sample mean-normalised spectra), cross-validated ridge R^2 from test latents to "
+        "the generating parameters, and training and encoding times. Writes the plots next to --json. See "
+        "docs/spectra.md.")
+    q.add_argument("--data", required=True, type=Path, help="INS spectra file with labels")
+    q.add_argument("--samples", type=int_list, default=[50, 100, 300], help="training-set sizes")
+    q.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
+    q.add_argument("--n-test", type=int, default=500,
+                   help="held-out spectra, at least 10 (the probe's cross-validation runs on their latents; with "
+                        "few, its R^2 varies between folds and seeds; measured: docs/spectra.md)")
+    q.add_argument("--latent-dim", type=int, default=8)
+    q.add_argument("--epochs", type=int, default=20, help="passes over the training spectra")
+    q.add_argument("--seeds", type=seed_list, default=[0],
+                   help="training seeds (initial weights, sample order); the summary averages them")
+    q.add_argument("--latent-penalty", type=float, default=0.0, metavar="BETA",
+                   help="L2 latent prior for every neural method (as 'gfe train --latent-penalty')")
+    q.add_argument("--latent-noise", type=float, default=0.0, metavar="SIGMA",
+                   help="noise on the decoder's training latents for every neural method "
+                        "(as 'gfe train --latent-noise')")
+    cli.add_result_options(q, json_help="write the results here (plots beside it)")
+    q.set_defaults(run=_command)
+
+
+def _command(args) -> None:
+    result = run(args.data, args.samples, methods=args.methods.split(","), n_test=args.n_test,
+                 latent_dim=args.latent_dim, epochs=args.epochs, seeds=args.seeds,
+                 latent_penalty=args.latent_penalty, latent_noise=args.latent_noise,
+                 plots=None if args.json is None else args.json.parent, progress=not args.quiet)
+    cli.emit(result, args.json, args.quiet)
 
 
 def _summary(results: list[dict]) -> list[dict]:
@@ -182,6 +219,8 @@ def _summary(results: list[dict]) -> list[dict]:
 
 
 def _plot(summary, methods, x_test, shown, folder: Path, n_max: int) -> None:
+    from ..plots import plot_curves, plot_reconstructions  # imports matplotlib
+
     folder.mkdir(parents=True, exist_ok=True)
     for key, label, name in (("test_mse", "test MSE (normalised spectra)", "spectra_error.png"),
                              ("probe_r2_mean", "probe R² (ridge, CV)", "spectra_probe_r2.png"),

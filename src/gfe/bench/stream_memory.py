@@ -22,9 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..cli_args import int_list
 from ..latents import NpyAppender
 from ..models import MLPDecoder
 from ..persist import save_model
+from . import at_least, cli, known
 from .data_efficiency import machine
 
 MODES = ("stream", "whole")
@@ -51,8 +53,8 @@ def _write_data(path: Path, n: int, features: int, seed: int, rows: int = 10_000
 
 def _encode_in_child(mode: str, model: Path, data: Path, output: Path, chunk_rows: int) -> dict:
     """Run one encoding in a fresh interpreter with one intra-op thread (two
-    threads on a shared 2-core machine made the seconds vary tenfold); returns
-    what it reports."""
+    threads on a shared 2-core machine made the seconds vary; measured:
+    docs/benchmarks.md); returns what it reports."""
     command = [sys.executable, "-m", "gfe.bench.stream_memory", mode, str(model), str(data), str(output),
                str(chunk_rows)]
     done = subprocess.run(command, capture_output=True, text=True, check=False,
@@ -65,6 +67,8 @@ def _encode_in_child(mode: str, model: Path, data: Path, output: Path, chunk_row
 def run(sizes=(10_000, 100_000), *, features: int = 256, latent_dim: int = 8, max_steps: int = 5,
         chunk_rows: int = 4096, modes=MODES, seed: int = 0, progress: bool = True) -> dict:
     """Peak memory and seconds of encoding `sizes` samples in each mode."""
+    at_least(1, sizes=sizes, features=features, latent_dim=latent_dim, max_steps=max_steps, chunk_rows=chunk_rows)
+    known("modes", modes, MODES)
     results = []
     with tempfile.TemporaryDirectory(prefix="gfe-bench-stream.") as directory:
         root = Path(directory)
@@ -89,6 +93,26 @@ def run(sizes=(10_000, 100_000), *, features: int = 256, latent_dim: int = 8, ma
         "results": results,
         "machine": {**machine(), "threads": 1},  # the children run with OMP_NUM_THREADS=1
     }
+
+
+def add_parser(bench) -> None:
+    q = cli.parser(
+        bench, "stream-memory", "peak memory of 'gfe encode' against the number of samples",
+        "Generate SIZES samples on disk (.npy, float32) and encode each in a fresh process, streamed in chunks "
+        "(what 'gfe encode' does) and read whole (for contrast), with a small decoder and few steps; report each "
+        "process's peak resident memory and seconds. Streamed, the peak stays flat.")
+    q.add_argument("--sizes", type=int_list, default=[10_000, 100_000], help="numbers of samples")
+    q.add_argument("--features", type=int, default=256, help="features per sample")
+    q.add_argument("--chunk-rows", type=int, default=4096, help="samples per chunk (the encoder's chunk_size)")
+    q.add_argument("--max-steps", type=int, default=5, help="flow steps per sample (bounds the run time)")
+    cli.add_result_options(q)
+    q.set_defaults(run=_command)
+
+
+def _command(args) -> None:
+    result = run(args.sizes, features=args.features, chunk_rows=args.chunk_rows, max_steps=args.max_steps,
+                 progress=not args.quiet)
+    cli.emit(result, args.json, args.quiet)
 
 
 def _child(mode: str, model: str, data: str, output: str, chunk_rows: str) -> dict:
