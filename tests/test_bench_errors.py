@@ -57,7 +57,7 @@ def test_bad_benchmark_values_are_one_clear_line(tmp_path, capsys, argv, message
 @pytest.mark.parametrize(("argv", "option"), [
     (["data-efficiency", "--samples", "0"], "--samples"),
     (["data-efficiency", "--start", "middle"], "--start"),
-    (["data-efficiency", "--train-encode", "[1]"], "--train-encode"),
+    (["data-efficiency", "--encode-options", "[1]"], "--encode-options"),
     (["encode", "--repeat", "two"], "--repeat"),
     ([*SPECTRA, "--seeds", "-1"], "--seeds"),
     (["stream-memory", "--sizes", "100,0"], "--sizes"),

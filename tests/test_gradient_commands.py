@@ -36,11 +36,11 @@ def test_train_command_rejects_exact_gradients_for_the_autoencoder(tiny_file, tm
 
 def test_benchmarks_report_every_combination(tiny_file):
     result = gradients.run(str(tiny_file), n_train=5, n_test=3, flows=("first",), gradients=("approx", "adjoint"),
-                           latent_dim=2, train_encode={"max_steps": 5}, progress=False)
+                           latent_dim=2, encode_options={"max_steps": 5}, progress=False)
     assert [(r["flow"], r["gradient"]) for r in result["results"]] == [("first", "approx"), ("first", "adjoint")]
     assert all(np.isfinite(r["test_loss"]) for r in result["results"])
     result = solvers.run(str(tiny_file), n_train=5, n_test=3, solvers=("amd", "lbfgs"), max_budget=10,
-                         latent_dim=2, train_encode={"max_steps": 5}, progress=False)
+                         latent_dim=2, encode_options={"max_steps": 5}, progress=False)
     assert {r["solver"] for r in result["results"]} == {"amd", "lbfgs"}
     assert any(r["reached_target"] for r in result["results"])
     assert result["target_mean_loss"] == pytest.approx(1.01 * result["best_mean_loss"])

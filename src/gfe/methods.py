@@ -22,15 +22,15 @@ from .solvers import solver_spec
 @dataclass(frozen=True)
 class MethodSpec:
     """`flow` and `solver` name the GFE flow (None for a method whose latents come
-    from an encoder: the autoencoder baseline); `train_encode` and `eval_encode` are
+    from an encoder: the autoencoder baseline); `encode_options` and `eval_options` are
     the encode options it uses while training and for validation and saved models,
     under the user's own."""
 
     name: str
     flow: str | None
     solver: str | None
-    train_encode: dict = field(default_factory=dict)
-    eval_encode: dict = field(default_factory=dict)
+    encode_options: dict = field(default_factory=dict)
+    eval_options: dict = field(default_factory=dict)
     summary: str = ""
 
     def __post_init__(self):

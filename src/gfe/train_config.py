@@ -102,7 +102,7 @@ class TrainConfig:
         overridden by `encode_options` (training) or `eval_options`."""
         spec = method_spec(self.method)
         flow, solver = (spec.flow, spec.solver) if spec.is_gfe else ("first", "amd")
-        defaults = spec.train_encode if training else spec.eval_encode
+        defaults = spec.encode_options if training else spec.eval_options
         options = self.encode_options if training else self.eval_options
         prior = {"penalty": "l2", "penalty_weight": float(self.latent_penalty)} if self.latent_penalty else {}
         return {"flow": flow, "solver": solver, "loss": self.loss, **defaults, **prior, **options}

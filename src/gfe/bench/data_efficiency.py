@@ -64,8 +64,8 @@ def run(
     batch_size: int = 5,
     lr: float = 5e-4,
     seed: int = 0,
-    train_encode: dict | None = None,
-    train_start: str = "learned",
+    encode_options: dict | None = None,
+    start: str = "learned",
     encode_ahead: int = 1,
     repeat: int = 1,
     progress: bool = True,
@@ -79,7 +79,7 @@ def run(
         for method in methods:
             config = TrainConfig(method=method, latent_dim=latent_dim, batch_size=batch_size,
                                  optimizer="rmsprop", lr=lr, seed=seed,
-                                 encode_options=(train_encode or {}) if method != "ae" else {}, start=train_start,
+                                 encode_options=(encode_options or {}) if method != "ae" else {}, start=start,
                                  encode_ahead=encode_ahead if method != "ae" else 1)
             seconds = []
             for _ in range(repeat):  # the same run each time: only the timing varies
@@ -96,7 +96,7 @@ def run(
                    "train_seconds_each": seconds,
                    "test_encode_seconds": encode_seconds, "train_mean_steps": record.mean_steps,
                    "train_mean_nfe": record.mean_nfe, "train_loss": record.train_loss,
-                   "train_encode_options": trainer.config.flow_options(training=True) if config.is_gfe else None,
+                   "encode_options": trainer.config.flow_options(training=True) if config.is_gfe else None,
                    "test_encode_options": trainer.settings()["encode"]}
             if config.is_gfe:
                 row["steps_over_training"] = _steps_over_training(trainer.batch_log)
@@ -111,7 +111,7 @@ def run(
     return {
         "benchmark": "data-efficiency",
         "dataset": data.name, "n_test": n_test, "latent_dim": latent_dim, "batch_size": batch_size,
-        "optimizer": "rmsprop", "lr": lr, "seed": seed, "train_start": train_start, "encode_ahead": encode_ahead,
+        "optimizer": "rmsprop", "lr": lr, "seed": seed, "start": start, "encode_ahead": encode_ahead,
         "repeat": repeat,
         "machine": machine(),
         "results": results,
@@ -127,7 +127,7 @@ def add_parser(bench) -> None:
     q.add_argument("--methods", default="gfe-amd,ae", help="comma-separated training methods")
     q.add_argument("--samples", type=int_list, default=[100, 1000], help="training-set sizes")
     q.add_argument("--n-test", type=int, default=1000, help="held-out samples")
-    q.add_argument("--train-encode", type=json_dict, default=None,
+    q.add_argument("--encode-options", type=json_dict, default=None,
                    help="JSON options for the GFE methods' flows during training, e.g. '{\"max_steps\": 30}'")
     q.add_argument("--start", default="learned", choices=list(START_MODES),
                    help="where the GFE methods' training flows begin (the test encoding starts at 0 either way)")
@@ -142,6 +142,6 @@ def add_parser(bench) -> None:
 
 def _command(args) -> None:
     result = run(args.dataset, args.methods.split(","), args.samples, n_test=args.n_test,
-                 train_encode=args.train_encode, train_start=args.start, encode_ahead=args.encode_ahead,
+                 encode_options=args.encode_options, start=args.start, encode_ahead=args.encode_ahead,
                  repeat=args.repeat, progress=not args.quiet)
     cli.emit(result, args.json, args.quiet)

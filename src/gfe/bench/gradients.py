@@ -24,18 +24,18 @@ GRADIENT_MODES = ("approx", "adjoint", "unrolled")
 
 def run(dataset: str = "mnist", *, n_train: int = 1000, n_test: int = 1000, flows=("first", "nesterov"),
         gradients=GRADIENT_MODES, latent_dim: int = 20, batch_size: int = 5, lr: float = 5e-4, seed: int = 0,
-        train_encode: dict | None = None, progress: bool = True) -> dict:
+        encode_options: dict | None = None, progress: bool = True) -> dict:
     known("flows", flows, FLOW_METHODS)
     known("gradients", gradients, GRADIENT_MODES)
     at_least(1, n_train=n_train, n_test=n_test)
     data = load_dataset(dataset)
     x_train, x_test = split(data.x, n_train, n_test, seed=seed)
-    train_encode = {} if train_encode is None else train_encode
+    encode_options = {} if encode_options is None else encode_options
     results = []
     for flow in flows:
         for gradient in gradients:
             config = TrainConfig(method=FLOW_METHODS[flow], latent_dim=latent_dim, batch_size=batch_size,
-                                 optimizer="rmsprop", lr=lr, seed=seed, encode_options=train_encode,
+                                 optimizer="rmsprop", lr=lr, seed=seed, encode_options=encode_options,
                                  gradient=gradient)
             trainer = Trainer(config, data.x.shape[1:], decoder=_decoder(data.x.shape[1:], latent_dim, seed),
                               progress=progress)
@@ -51,7 +51,7 @@ def run(dataset: str = "mnist", *, n_train: int = 1000, n_test: int = 1000, flow
                       f"steps/sample {record.mean_steps:6.1f}", flush=True)
     return {"benchmark": "gradients", "dataset": data.name, "n_train": n_train, "n_test": n_test,
             "latent_dim": latent_dim, "batch_size": batch_size, "optimizer": "rmsprop", "lr": lr, "seed": seed,
-            "train_encode_options": train_encode, "machine": machine(), "results": results}
+            "encode_options": encode_options, "machine": machine(), "results": results}
 
 
 def add_parser(bench) -> None:

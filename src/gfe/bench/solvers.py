@@ -45,11 +45,11 @@ def solver_settings(name: str) -> dict:
                       f"{', '.join(dict.fromkeys([*SOLVER_SETTINGS, *SOLVERS]))}")
 
 
-def trained_decoder(data, n_train: int, latent_dim: int, seed: int, progress: bool, train_encode=None):
+def trained_decoder(data, n_train: int, latent_dim: int, seed: int, progress: bool, encode_options=None):
     """The MNIST MLP trained for one pass with GFE-AMD (approximate gradient)."""
     x_train, _ = split(data.x, n_train, 0, seed=seed)
     config = TrainConfig(method="gfe-amd", latent_dim=latent_dim, batch_size=5, optimizer="rmsprop", lr=5e-4,
-                         seed=seed, encode_options=train_encode or {})
+                         seed=seed, encode_options=encode_options or {})
     trainer = Trainer(config, data.x.shape[1:], decoder=_decoder(data.x.shape[1:], latent_dim, seed),
                       progress=progress)
     trainer.fit(x_train)
@@ -72,12 +72,12 @@ def _sweep(decoder, x, settings: dict, max_budget: int) -> list[dict]:
 
 def run(dataset: str = "mnist", *, n_train: int = 1000, n_test: int = 200, solvers=tuple(SOLVER_SETTINGS),
         max_budget: int = 2560, tolerance: float = 0.01, latent_dim: int = 20, seed: int = 0,
-        train_encode: dict | None = None, progress: bool = True) -> dict:
+        encode_options: dict | None = None, progress: bool = True) -> dict:
     settings = {name: solver_settings(name) for name in solvers}
     at_least(1, n_train=n_train, n_test=n_test)
     at_least(FIRST_BUDGET, max_budget=max_budget)
     data = load_dataset(dataset)
-    decoder = trained_decoder(data, n_train, latent_dim, seed, progress, train_encode)
+    decoder = trained_decoder(data, n_train, latent_dim, seed, progress, encode_options)
     _, x_test = split(data.x, n_train, n_test, seed=seed)
     sweeps = {}
     for name in solvers:
