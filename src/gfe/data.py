@@ -17,7 +17,6 @@ import h5py
 import numpy as np
 
 from .errors import DataError
-from .ins.io import is_spectra_file, open_spectra
 from .samples import READ_ERRORS, Dataset, Samples, is_numeric
 
 MNIST_DEFAULT = Path("..", "shared", "data", "mnist-10k.npz")
@@ -219,6 +218,8 @@ def open_samples(name_or_path: str, key: str | None = None) -> Iterator[Samples]
     (`gfe.ins.open_spectra`), so its grids and mask come along.
     """
     name = str(name_or_path)
+    from .ins.io import is_spectra_file, open_spectra  # here: gfe.ins loads its generator, which `gfe --help` need not
+
     if key is None and is_spectra_file(name):
         with open_spectra(name) as samples:
             yield samples

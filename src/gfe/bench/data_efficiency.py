@@ -85,13 +85,13 @@ def run(
             for _ in range(repeat):  # the same run each time: only the timing varies
                 decoder = _decoder(tuple(data.x.shape[1:]), latent_dim, seed)
                 trainer = Trainer(config, data.x.shape[1:], decoder=decoder, progress=progress)
-                start = time.perf_counter()
+                began = time.perf_counter()
                 record = trainer.fit(x_train_all[:n])[-1]
-                seconds.append(time.perf_counter() - start)
+                seconds.append(time.perf_counter() - began)
             train_seconds = float(np.median(seconds))
-            start = time.perf_counter()
+            began = time.perf_counter()
             test_loss = trainer.evaluate(x_test)
-            encode_seconds = time.perf_counter() - start
+            encode_seconds = time.perf_counter() - began
             row = {"method": method, "samples": n, "test_loss": test_loss, "train_seconds": train_seconds,
                    "train_seconds_each": seconds,
                    "test_encode_seconds": encode_seconds, "train_mean_steps": record.mean_steps,

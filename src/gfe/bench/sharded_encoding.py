@@ -36,7 +36,6 @@ from ..data import load_dataset
 from ..errors import ConfigError
 from ..latents import read_encoding
 from ..samples import split
-from ..shards import merge_shards, shard_path
 from ..train import TrainConfig, Trainer
 from . import at_least, cli
 from .data_efficiency import _decoder

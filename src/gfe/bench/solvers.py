@@ -14,7 +14,6 @@ import time
 
 from ..data import load_dataset
 from ..encode import encode
-from ..errors import ConfigError
 from ..samples import split
 from ..solvers import SOLVERS, Status
 from ..train import Trainer
@@ -34,15 +33,10 @@ SOLVER_SETTINGS = {
 FIRST_BUDGET = 5  # step budgets tried: 5, 10, 20, ... up to max_budget
 
 
-def solver_settings(name: str) -> dict:
-    """The encode options of a benchmark setting: a named one above, else any
-    registered solver (`gfe.solvers.SOLVERS`) with its default options."""
-    if name in SOLVER_SETTINGS:
-        return SOLVER_SETTINGS[name]
-    if name in SOLVERS:
-        return {"solver": name}
-    raise ConfigError(f"unknown solver setting {name!r}; expected one of "
-                      f"{', '.join(dict.fromkeys([*SOLVER_SETTINGS, *SOLVERS]))}")
+def solver_settings() -> dict[str, dict]:
+    """The encode options of each benchmark setting: the named ones above, then every
+    other registered solver (`gfe.solvers.SOLVERS`) with its default options."""
+    return {**SOLVER_SETTINGS, **{name: {"solver": name} for name in SOLVERS if name not in SOLVER_SETTINGS}}
 
 
 def trained_decoder(data, n_train: int, latent_dim: int, seed: int, progress: bool, encode_options=None):
@@ -73,7 +67,9 @@ def _sweep(decoder, x, settings: dict, max_budget: int) -> list[dict]:
 def run(dataset: str = "mnist", *, n_train: int = 1000, n_test: int = 200, solvers=tuple(SOLVER_SETTINGS),
         max_budget: int = 2560, tolerance: float = 0.01, latent_dim: int = 20, seed: int = 0,
         encode_options: dict | None = None, progress: bool = True) -> dict:
-    settings = {name: solver_settings(name) for name in solvers}
+    available = solver_settings()
+    known("solvers", solvers, list(available))
+    settings = {name: available[name] for name in solvers}
     at_least(1, n_train=n_train, n_test=n_test)
     at_least(FIRST_BUDGET, max_budget=max_budget)
     data = load_dataset(dataset)
