@@ -49,6 +49,7 @@ def test_h5_nested_dataset(tmp_path, array):
 
 @pytest.mark.parametrize("header", ["", "a,b,c\n", "# comment\nwavelength,intensity,error\n\n"])
 def test_csv_with_and_without_header(tmp_path, array, header):
+    array = array[:, [0, 2, 1]]  # rows not monotonic: a monotonic first row over monotonic rows is ambiguous
     body = "\n".join(",".join(repr(float(v)) for v in row) for row in array)
     (tmp_path / "a.csv").write_text(header + body + "\n")
     np.testing.assert_allclose(read_array(tmp_path / "a.csv"), array)

@@ -107,7 +107,8 @@ def test_chunked_encoding_equals_encoding_everything_in_memory(tmp_path, model, 
     if output == ".h5":
         _, meta = read_latents(tmp_path / "z.h5")
         assert meta["input_sha256"] == gfe.persist.file_sha256(data) and meta["encode_seconds"] > 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([data.name, f"z{output}"])  # no temporaries
+    sidecar = ["z.npy.json"] if output == ".npy" else []  # .npy latents' provenance
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([data.name, f"z{output}", *sidecar])  # no temporaries
 
 
 def test_sharded_spectra_merge_to_the_single_file_with_its_scale(tmp_path, spectra_model):

@@ -66,6 +66,13 @@ def _add_train(sub) -> None:
     p.add_argument("--normalise", default="none", choices=list(NORMALISATIONS),
                    help="mean: divide each sample by its mean (over the mask of an INS spectra file), recorded "
                         "in the model so encode and decode apply and undo it (not with --loss poisson)")
+    p.add_argument("--range", metavar="LO:HI[,LO:HI...]", dest="ranges",
+                   help="keep only the channels in these inclusive ranges of the data's axis (a CSV header's "
+                        "wavenumbers, say), or of feature indices when the data have no axis; recorded in the "
+                        "model, which then encodes and plots full-width data")
+    p.add_argument("--weights", metavar="FILE", type=Path,
+                   help="per-feature loss weights (.npy, .csv...; one per feature, 0 masks a feature), recorded "
+                        "in the model and used again when encoding")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of DATA held out for validation")
     p.add_argument("--seed", type=int, default=TrainConfig.seed,
                    help="seeds the initial weights, the validation split, the data order and --latent-noise")
@@ -122,7 +129,8 @@ def _train(args) -> None:
     config = TrainConfig(**{f.name: options[f.name] for f in dataclasses.fields(TrainConfig) if f.name in options})
     with process_group() as replicas:
         train_model(args.data, args.out, config, key=args.key, decoder=args.decoder, val_fraction=args.val_fraction,
-                    normalise=args.normalise, resume=args.resume, quiet=args.quiet, tensorboard=args.tensorboard,
+                    normalise=args.normalise, ranges=args.ranges, weights=args.weights, resume=args.resume,
+                    quiet=args.quiet, tensorboard=args.tensorboard,
                     refine_start=args.refine_start, lazy=args.lazy, replicas=replicas)
 
 
@@ -133,7 +141,7 @@ def _add_encode(sub) -> None:
                     "(a ridge map from sample to latent fitted during training; --options '{\"start\": \"zero\"}' "
                     "starts from z0 = 0). Deterministic and independent of batch-mates. .h5 output holds latents, per-sample "
                     "loss, steps, decoder evaluations, status and provenance; .npz the same arrays; "
-                    ".npy the latents only. Samples are read, encoded and written a chunk (the encoder's "
+                    ".npy the latents only (the provenance beside them in NAME.npy.json). Samples are read, encoded and written a chunk (the encoder's "
                     "chunk_size, 4096 unless --options say otherwise) at a time, so .npy and HDF5 data larger "
                     "than memory can be encoded; the latents file appears only once complete.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -235,7 +243,7 @@ def _plot(args) -> None:
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="show what a model directory or latents file holds",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("path", type=Path, help="model directory or latents .h5 file")
+    p.add_argument("path", type=Path, help="model directory or latents file (.h5, .npz, or .npy with its sidecar)")
     p.set_defaults(run=lambda args: print(json.dumps(_info(args.path), indent=2)))
 
 
@@ -245,9 +253,20 @@ def _info(path: Path) -> dict:
 
     if path.is_dir():
         config = load_model(path).config
-        return {key: config[key] for key in ("gfe_version", "decoder", "encoder", "settings", "weights_sha256")}
+        return _brief({key: config[key] for key in ("gfe_version", "decoder", "encoder", "settings", "weights_sha256")})
     z, meta = read_latents(path)
-    return {"samples": z.shape[0], "latent_dim": z.shape[1], "provenance": meta}
+    return _brief({"samples": z.shape[0], "latent_dim": z.shape[1], "provenance": meta})
+
+
+def _brief(value):
+    """`value` with long lists of numbers (axes, grids, weights) summarised as 'N values FIRST..LAST'."""
+    if isinstance(value, dict):
+        return {key: _brief(item) for key, item in value.items()}
+    if isinstance(value, list):
+        if len(value) > 8 and all(isinstance(v, (int, float)) for v in value):
+            return f"{len(value)} values {value[0]:g}..{value[-1]:g}"
+        return [_brief(item) for item in value]
+    return value
 
 
 def _add_demo(sub) -> None:

@@ -6,9 +6,15 @@ from __future__ import annotations
 import argparse
 import json
 
-DATA_HELP = ("data: a .npy, .npz, .h5/.hdf5 or .csv file (one sample per row or leading index; an HDF5 file "
-             "with a 'spectra' dataset is read as INS spectra, with its grid and mask), "
-             "'digits' (scikit-learn's embedded 8x8 digits) or 'mnist=PATH' (a local MNIST .npz)")
+DATA_HELP = ("data: a .npy, .npz, .h5/.hdf5, .csv or .tsv/.tab file (one sample per row or leading index; an "
+             "'axis' array beside the data in an .npz or HDF5 group is its axis; an HDF5 file with a 'spectra' "
+             "dataset is read as INS spectra, with its grid and mask), 'digits' (scikit-learn's embedded 8x8 "
+             "digits) or 'mnist=PATH' (a local MNIST .npz). CSV/TSV: blank lines and # comments are skipped, "
+             "and a trailing delimiter on every line; the first line is a header if a cell is text or its first "
+             "cell is empty (pandas), its numbers after the first cell are the axis; a first line of numbers "
+             "is the axis if it is strictly monotonic and some line after it is not (refused as ambiguous if "
+             "every line is); the first column is an index, dropped, if the header's first cell is empty or "
+             "names it, or every row has one more cell than the header")
 
 
 def int_list(text: str, minimum: int = 1) -> list[int]:

@@ -8,6 +8,7 @@ one kind of error whatever the format.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 from collections.abc import Iterator
@@ -70,18 +71,23 @@ def _read_npy(path: Path, key, stack: contextlib.ExitStack):
     if version in readers:
         shape, fortran_order, dtype = readers[version](file)
         if shape and not fortran_order and not dtype.hasobject:
-            return _NpyRows(path, file, shape, dtype)
-    return np.load(path, allow_pickle=False)
+            return _NpyRows(path, file, shape, dtype), None
+    return np.load(path, allow_pickle=False), None
+
+
+AXIS = "axis"  # an array of this name beside the data in an .npz or HDF5 group is its axis
 
 
 def _choose(path: Path, key, names: list[str], what: str) -> str:
-    """Pick `key` among `names`, or the only name when no key is given."""
+    """Pick `key` among `names`, or the only name when no key is given (an
+    axis beside the data does not count)."""
     if key is None:
-        if len(names) == 1:
-            return names[0]
-        if not names:
+        data = [name for name in names if name.rpartition("/")[2] != AXIS] or names
+        if len(data) == 1:
+            return data[0]
+        if not data:
             raise DataError(f"{path} holds no {what}s")
-        raise DataError(f"{path} holds {len(names)} {what}s; choose one with key (available: {', '.join(names)})")
+        raise DataError(f"{path} holds {len(data)} {what}s; choose one with key (available: {', '.join(data)})")
     if key not in names:
         raise DataError(f"{path} has no {what} {key!r} (available: {', '.join(names) or 'none'})")
     return key
@@ -89,17 +95,23 @@ def _choose(path: Path, key, names: list[str], what: str) -> str:
 
 def _read_npz(path: Path, key, stack: contextlib.ExitStack):
     with np.load(path, allow_pickle=False) as archive:
-        return archive[_choose(path, key, list(archive.files), "array")]
+        name = _choose(path, key, list(archive.files), "array")
+        axis = archive[AXIS] if AXIS in archive.files and name != AXIS else None
+        return archive[name], axis
 
 
 def _read_h5(path: Path, key, stack: contextlib.ExitStack):
-    """The dataset itself, read as it is indexed; the file stays open until `stack` closes."""
+    """The dataset itself, read as it is indexed (the file stays open until
+    `stack` closes), and the `axis` dataset beside it if there is one."""
     if key is not None:
         key = key.strip("/")  # HDF5 paths may be given absolute; visititems names are relative
     f = stack.enter_context(h5py.File(path, "r"))
     names: list[str] = []
     f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
-    return f[_choose(path, key, names, "dataset")]
+    name = _choose(path, key, names, "dataset")
+    beside = f[name].parent.get(AXIS)
+    axis = beside[()] if isinstance(beside, h5py.Dataset) and beside.name != f[name].name else None
+    return f[name], axis
 
 
 def _is_number(cell: str) -> bool:
@@ -110,49 +122,123 @@ def _is_number(cell: str) -> bool:
     return True
 
 
-def _read_csv(path: Path, key, stack: contextlib.ExitStack):
-    """Comma-separated numbers, one sample per line; blank lines and `#` comments
-    are skipped, and so is one header line before the data if it holds text."""
-    rows: list[np.ndarray] = []
-    first = None  # (line number, width) of the first data row
-    header_seen = False
+def _lines(path: Path, delimiter: str) -> list[tuple[int, list[str]]]:
+    """(line number, cells) of each line that is not blank or a `#` comment,
+    without the empty last cell a trailing delimiter leaves when every line
+    after the first (or the only line) has one."""
+    lines = []
     with open(path, encoding="utf-8-sig") as f:
         for number, line in enumerate(f, start=1):
-            text = line.split("#", 1)[0].strip()
-            if not text:
-                continue
-            cells = [cell.strip() for cell in text.split(",")]
-            try:
-                row = np.array([float(cell) for cell in cells])
-            except ValueError:
-                bad = [(column, cell) for column, cell in enumerate(cells, start=1) if not _is_number(cell)]
-                if first is None and not header_seen and any(cell for _, cell in bad):
-                    header_seen = True
-                    continue
-                column, cell = bad[0]
-                raise DataError(f"{path}, line {number}, column {column}: {cell!r} is not a number") from None
-            if first is None:
-                first = (number, len(row))
-            elif len(row) != first[1]:
-                raise DataError(f"{path}, line {number}: {len(row)} values, but line {first[0]} has "
-                                f"{first[1]}; every row must have the same number of values")
-            rows.append(row)
-    if not rows:
+            text = line.split("#", 1)[0]
+            if text.strip():
+                lines.append((number, [cell.strip() for cell in text.rstrip("\r\n").split(delimiter)]))
+    if lines and all(cells[-1] == "" for _, cells in lines[1:] or lines):
+        lines = [(number, cells[:-1] if cells[-1] == "" else cells) for number, cells in lines]
+    return lines
+
+
+def _monotonic(values: np.ndarray | None) -> bool:
+    """Strictly increasing or decreasing, over at least two values: what an axis is."""
+    if values is None or len(values) < 2:
+        return False
+    steps = np.diff(values)
+    return bool((steps > 0).all() or (steps < 0).all())
+
+
+def _numbers(cells: list[str]) -> np.ndarray | None:
+    try:
+        return np.array([float(cell) for cell in cells])
+    except ValueError:
+        return None
+
+
+def _header(path: Path, lines: list[tuple[int, list[str]]]) -> tuple[int, int, np.ndarray | None]:
+    """(header lines, index columns, the axis or None) of a delimited file, by
+    the rules in `_read_delimited`."""
+    number, head = lines[0]
+    rows = [cells for _, cells in lines[1:]]
+    width = len(rows[0]) if rows else len(head)  # the data rows' (a ragged row is reported later)
+    values = _numbers(head)
+    if values is not None:  # a line of numbers: the axis, or a sample
+        if width == len(head) + 1:
+            return 1, 1, values
+        if not rows or width != len(head) or not _monotonic(values):
+            return 0, 0, None
+        if all(len(cells) == width and _monotonic(_numbers(cells)) for cells in rows):
+            raise DataError(
+                f"{path}: line {number} and every line after it are strictly monotonic, so line {number} could be "
+                f"the axis or a sample. To read it as the axis, start it with an empty cell or a text cell naming "
+                f"the axis (e.g. 'wavenumber,{head[0]},{head[1]},...'); to read it as a sample, put a header line "
+                "of column names before it")
+        return 1, 0, values
+    axis = _numbers(head[1:]) if len(head) > 1 else None
+    named = head[0] != "" and axis is not None  # text, then numbers: an axis, or a named sample
+    if (named and not _monotonic(axis)) or not any(head) or (
+            head[0] != "" and all(cell == "" or _is_number(cell) for cell in head)):
+        return 0, 0, None  # a data row: its error names the text or empty cell
+    index = int(width == len(head) + 1 or (width == len(head) and (head[0] == "" or axis is not None)))
+    if axis is not None and width - index != len(axis):
+        raise DataError(f"{path}: the header (line {number}) gives {len(axis)} axis values after its first cell, "
+                        f"but line {lines[1][0]} has {width} cells; give one axis value per data column")
+    return 1, index, axis
+
+
+def _read_delimited(path: Path, key, stack: contextlib.ExitStack, delimiter: str = ","):
+    """Delimited numbers (CSV, or TSV with tabs), one sample per line, and the axis if the file gives one.
+
+    - Blank lines and `#` comments are skipped; an empty last cell on every line
+      (a trailing delimiter) is dropped.
+    - The first line is a header if any cell is text or its first cell is empty
+      (pandas' `to_csv`). Its cells after the first are the axis if they are all
+      numbers (strictly monotonic ones after a text cell, which names the index
+      column or the axis) and as many as the data columns; else column names.
+    - A first line of numbers is the axis if it is strictly monotonic and some line
+      after it is not (or if every line after it has one more cell); if every line
+      is strictly monotonic, the file is refused as ambiguous.
+    - The first column is an index, and dropped whatever it holds, when every row has
+      one more cell than the header, or as many with the header's first cell empty
+      or followed by axis values.
+    - Every other cell must be a number (`nan` is one; validation then reports it),
+      and every row must have as many cells.
+    """
+    lines = _lines(path, delimiter)
+    if not lines:
         raise DataError(f"{path} holds no data rows")
-    return np.stack(rows)
+    header, index, axis = _header(path, lines)
+    body = lines[header:]
+    if not body:
+        raise DataError(f"{path} holds no data rows")
+    rows: list[np.ndarray] = []
+    first, width = body[0][0], len(body[0][1])
+    for number, cells in body:
+        if len(cells) != width:
+            raise DataError(f"{path}, line {number}: {len(cells)} values, but line {first} has "
+                            f"{width}; every row must have the same number of values")
+        row = _numbers(cells[index:])
+        if row is None:
+            column = next(c for c in range(index, len(cells)) if not _is_number(cells[c]))
+            hint = (" (an empty cell: every data cell needs a number)" if cells[column] == "" else
+                    " (if the first column names the samples, leave the header's first cell empty, adding a "
+                    "header line if there is none)" if column == 0 else "")
+            raise DataError(f"{path}, line {number}, column {column + 1}: {cells[column]!r} is not a number{hint}")
+        rows.append(row)
+    return np.stack(rows), axis
 
 
-# Readers take (path, key, stack) and return an array, or an array-like read as
-# it is indexed whose file stays open until the ExitStack `stack` closes.
-_READERS = {".npy": _read_npy, ".npz": _read_npz, ".h5": _read_h5, ".hdf5": _read_h5, ".csv": _read_csv}
+# Readers take (path, key, stack) and return (array, axis or None): the array,
+# or an array-like read as it is indexed whose file stays open until the
+# ExitStack `stack` closes.
+_read_tsv = functools.partial(_read_delimited, delimiter="\t")
+_READERS = {".npy": _read_npy, ".npz": _read_npz, ".h5": _read_h5, ".hdf5": _read_h5, ".csv": _read_delimited,
+            ".tsv": _read_tsv, ".tab": _read_tsv}
 _KEYED = (".npz", ".h5", ".hdf5")
 
 
 def read_array(path, key: str | None = None) -> np.ndarray:
-    """Read one numeric array from .npy, .npz, .h5/.hdf5 or .csv.
+    """Read one numeric array from .npy, .npz, .h5/.hdf5, .csv or .tsv/.tab.
 
     `key` names the array in an .npz or the dataset path in an HDF5 file; it
-    may be left out when the file holds exactly one.
+    may be left out when the file holds exactly one (besides an `axis`).
     """
     with open_array(path, key) as array:
         try:
@@ -165,7 +251,14 @@ def read_array(path, key: str | None = None) -> np.ndarray:
 def open_array(path, key: str | None = None) -> Iterator:
     """Like `read_array`, but yields the array unread (an .npy file's rows, the
     HDF5 dataset itself), so that a file larger than memory can be read a slice
-    at a time; .npz and .csv files are read whole."""
+    at a time; .npz and delimited text files are read whole."""
+    with _open(path, key) as (array, _):
+        yield array
+
+
+@contextlib.contextmanager
+def _open(path, key: str | None = None) -> Iterator[tuple]:
+    """`open_array`'s array, and the axis the file gives (None if it gives none)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"no such file: {path}")
@@ -177,14 +270,14 @@ def open_array(path, key: str | None = None) -> Iterator:
         raise DataError(f"key {key!r} given for {path}, but only .npz and HDF5 files hold named arrays")
     with contextlib.ExitStack() as stack:
         try:
-            array = _READERS[suffix](path, key, stack)
+            array, axis = _READERS[suffix](path, key, stack)
         except DataError:
             raise
         except READ_ERRORS as err:
             raise DataError(f"cannot read {path}: {err}") from err
         if not is_numeric(array.dtype):
             raise DataError(f"{path} holds {array.dtype} values; gfe needs integer or floating-point numbers")
-        yield array
+        yield array, axis
 
 
 def _scaling(raw, by: float | None = None) -> dict:
@@ -232,8 +325,8 @@ def open_samples(name_or_path: str, key: str | None = None) -> Iterator[Samples]
         with open_array(_mnist_path(name.partition("=")[2]), key or "images") as raw:
             yield Samples(Dataset(raw, "mnist", _scaling(raw)))
     else:
-        with open_array(name, key) as raw:
-            yield Samples(Dataset(raw, name, _scaling(raw)))
+        with _open(name, key) as (raw, axis):
+            yield Samples(Dataset(raw, name, _scaling(raw), axis=axis))
 
 
 def load_dataset(name_or_path: str, key: str | None = None) -> Dataset:

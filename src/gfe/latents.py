@@ -3,11 +3,12 @@
 `.h5` holds everything (datasets `z`, `loss`, `steps`, `nfe`, `status`, `t`; the
 provenance as JSON in the `provenance` attribute), `.npz` holds the same arrays
 plus the provenance JSON as a 0-d string array `provenance`, and `.npy` holds
-the latents alone. Every write is atomic,
-and `latents_writer` writes a chunk of samples at a time, so memory does not
-grow with their number.
+the latents alone, with the provenance in a JSON sidecar `NAME.npy.json` written
+after it (with the .npy's digest, so a sidecar left beside other latents is
+caught). Every write is atomic, and `latents_writer` writes a chunk of samples
+at a time, so memory does not grow with their number.
 Provenance names the model's weights digest, so decoding latents with another
-model is refused.
+model is refused, and the axis of the features the latents decode to.
 """
 
 from __future__ import annotations
@@ -28,15 +29,17 @@ import torch
 from .data import read_array
 from .encode import Encoding
 from .errors import DataError
-from .persist import atomic_path, gfe_version
+from .persist import atomic_path, atomic_write_text, file_sha256, gfe_version
 from .solvers import Status
 
 FORMATS = (".h5", ".hdf5", ".npz", ".npy")
 _ARRAYS = tuple(f.name for f in fields(Encoding))
 
 
-def provenance(*, model_config: dict | None, settings: dict, input_path=None, input_sha256=None) -> dict:
-    """What produced a latents file: model digest, encode settings, versions, input."""
+def provenance(*, model_config: dict | None, settings: dict, input_path=None, input_sha256=None,
+               axis=None) -> dict:
+    """What produced a latents file: model digest, encode settings, versions, input,
+    and the axis of the model's features (None if the data have none)."""
     return {
         "format": "gfe-latents",
         "gfe_version": gfe_version(),
@@ -46,6 +49,7 @@ def provenance(*, model_config: dict | None, settings: dict, input_path=None, in
         "encode_settings": settings,
         "input": None if input_path is None else str(input_path),
         "input_sha256": input_sha256,
+        "axis": None if axis is None else np.asarray(axis).tolist(),
     }
 
 
@@ -147,6 +151,28 @@ def latents_writer(path, rows: int, meta: dict | None = None) -> Iterator[Latent
         writer = LatentsWriter(path.suffix.lower(), tmp, rows, meta, stack)
         yield writer
         writer.finish()
+    if path.suffix.lower() == ".npy":
+        atomic_write_text(sidecar_path(path), json.dumps({**writer.meta, "latents_sha256": file_sha256(path)},
+                                                         indent=2) + "\n")
+
+
+def sidecar_path(path) -> Path:
+    """Where the provenance of `.npy` latents goes: `NAME.npy.json` beside them."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def _sidecar(path: Path) -> dict:
+    """The provenance in the sidecar of `.npy` latents, or {} without one. A
+    sidecar whose digest is not the .npy's describes other latents: refused."""
+    sidecar = sidecar_path(path)
+    if not sidecar.is_file():
+        return {}
+    meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    if not isinstance(meta, dict) or meta.pop("latents_sha256", None) != file_sha256(path):
+        raise DataError(f"{sidecar} does not describe {path} (its latents sha256 differs): the .npy was replaced "
+                        f"after gfe wrote it; delete {sidecar.name} if these latents are not gfe's")
+    return meta
 
 
 def write_latents(path, encoding: Encoding, meta: dict | None = None, extra: dict | None = None) -> Path:
@@ -175,7 +201,8 @@ def read_encoding(path) -> tuple[Encoding, dict]:
 
 def read_latents(path) -> tuple[np.ndarray, dict]:
     """The latents `z` of a file written by `write_latents` (or any array file
-    holding an (N, d) array), and its provenance (empty if it has none)."""
+    holding an (N, d) array), and its provenance (empty if it has none: an
+    `.npy` without sidecar, say)."""
     path = Path(path)
     suffix = path.suffix.lower()
     meta: dict = {}
@@ -187,6 +214,10 @@ def read_latents(path) -> tuple[np.ndarray, dict]:
             with np.load(path, allow_pickle=False) as archive:
                 if "provenance" in archive.files:
                     meta = json.loads(str(archive["provenance"]))
+        elif suffix == ".npy" and path.is_file():
+            meta = _sidecar(path)
+    except DataError:
+        raise
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise DataError(f"cannot read {path}: {err}") from err
     if not isinstance(meta, dict):

@@ -31,11 +31,24 @@ READ_ERRORS = (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZi
 class Dataset:
     """Samples as float32 `(N, *feature_shape)`, with a record of how raw values
     were mapped (`{"kind": "divide", "by": 255.0}` or `{"kind": "none"}`) so it
-    can be stored with a model and inverted."""
+    can be stored with a model and inverted. `axis`, for 1-D samples, is the
+    coordinate of each feature (a wavenumber, an energy...) when the file gives
+    one, so that a model can record it and refuse data on another axis."""
 
     x: np.ndarray
     name: str
     scaling: dict
+    axis: np.ndarray | None = dataclasses.field(default=None, kw_only=True)
+
+    def __post_init__(self):
+        if self.axis is None:
+            return
+        axis = np.asarray(self.axis, dtype=np.float64)
+        features = self.x.shape[1:]
+        if axis.ndim != 1 or features != axis.shape or not np.isfinite(axis).all():
+            raise DataError(f"{self.name}: the axis must hold one finite number per feature; it has shape "
+                            f"{axis.shape}, the samples have features {tuple(features)}")
+        object.__setattr__(self, "axis", axis)
 
 
 @dataclass(frozen=True)
@@ -138,6 +151,27 @@ def split(x: np.ndarray, n_train: int, n_test: int, seed: int = 0) -> tuple[np.n
         raise DataError(f"cannot take {n_train} training and {n_test} test samples from {len(x)}")
     order = np.random.default_rng(seed).permutation(len(x))
     return x[order[:n_train]], x[order[n_train:n_train + n_test]]
+
+
+def same_axis(u: np.ndarray | None, v: np.ndarray | None) -> bool:
+    """Whether two axes (or grids) are the same, up to float32 rounding."""
+    if u is None or v is None:
+        return u is v
+    return u.shape == v.shape and bool(np.allclose(u, v, rtol=1e-6, atol=1e-9))
+
+
+def describe_axis(axis: np.ndarray) -> str:
+    return f"{len(axis)} values {axis[0]:g}..{axis[-1]:g}" if len(axis) else "no values"
+
+
+def check_same_axis(expected: np.ndarray, got: np.ndarray, names: tuple[str, str]) -> None:
+    """Raise `DataError` unless two feature axes agree: a model maps latents to
+    the axis it was trained on, so data on another would be compared channel
+    by channel with the wrong wavenumbers (or energies...)."""
+    if not same_axis(expected, got):
+        raise DataError(f"the axes differ: {names[0]} have {describe_axis(expected)}, {names[1]} has "
+                        f"{describe_axis(got)}; interpolate the data onto the model's axis, or train a model "
+                        "on this one")
 
 
 def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:

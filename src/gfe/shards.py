@@ -182,7 +182,7 @@ def encode_shards(model, data, outdir, *, shard: str | None = None, count: int |
         }
         outdir = Path(outdir)
         _claim_folder(outdir, manifest)
-        origin = encoding_provenance(loaded, settings, data)
+        origin = encoding_provenance(loaded, settings, inputs, data)
         return [_encode_shard(outdir, index, manifest, chunk_size, loaded, inputs, settings, origin, quiet)
                 for index in indices]
 

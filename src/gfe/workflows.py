@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import functools
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .channels import Channels
 from .checkpoint import LATEST
 from .data import open_samples
 from .distributed import Replicas
@@ -48,8 +50,9 @@ def _say(quiet: bool, text: str) -> None:
 
 
 def train_model(data, out, config: TrainConfig, *, key=None, decoder: str = "mlp", val_fraction: float = 0.1,
-                normalise: str = "none", resume: bool = False, quiet: bool = False, tensorboard=None,
-                refine_start: bool = False, lazy: bool = False, replicas: Replicas = Replicas()) -> Trainer:
+                normalise: str = "none", ranges=None, weights=None, resume: bool = False, quiet: bool = False,
+                tensorboard=None, refine_start: bool = False, lazy: bool = False,
+                replicas: Replicas = Replicas()) -> Trainer:
     """Train on the samples in `data` as `config` says and write the model directory `out`.
 
     `decoder` names a registered architecture (`gfe.models.DECODERS`). Checkpoints go
@@ -60,12 +63,17 @@ def train_model(data, out, config: TrainConfig, *, key=None, decoder: str = "mlp
     folder) also as TensorBoard scalars. With `replicas` of a torchrun launch, batches
     are split across the processes and only rank 0 writes files and reports. An INS
     spectra file's mask weighs the loss, and its grid is recorded so that encoding
-    data on another grid is refused; `normalise` ("none" or "mean", per sample) is
-    recorded too and applied again when encoding. With `lazy`, .npy and HDF5 samples
-    stay on disk and each batch is read as it is needed (after one pass that checks
-    them all), for data larger than memory; the run is the same, bit for bit. With
-    `refine_start`, the saved start map is refitted on converged latents of the
-    training samples (`Trainer.refine_start`; one process only).
+    data on another grid is refused; a file's axis (a CSV's header, 1-D spectra's
+    energies) likewise. `ranges` ("950:1550,1600:1700", inclusive, on the axis or
+    else on feature indices) keep only those channels, and `weights` (an array or
+    file, one weight per feature; 0 masks) weigh them in the loss: both are recorded
+    (`gfe.channels`) and applied again to full-width data when encoding. `normalise`
+    ("none" or "mean", per sample) is recorded too and applied again when encoding.
+    With `lazy`, .npy and HDF5 samples stay on disk and each batch is read as it is
+    needed (after one pass that checks them all), for data larger than memory; the
+    run is the same, bit for bit. With `refine_start`, the saved start map is
+    refitted on converged latents of the training samples (`Trainer.refine_start`;
+    one process only).
     """
     if decoder not in DECODERS:
         raise ConfigError(f"unknown decoder {decoder!r}; expected one of {', '.join(DECODERS)}")
@@ -76,7 +84,7 @@ def train_model(data, out, config: TrainConfig, *, key=None, decoder: str = "mlp
     quiet = quiet or not replicas.is_writer
     with contextlib.ExitStack() as stack:  # holds the data file open while training reads it
         samples = stack.enter_context(open_samples(data, key))
-        inputs = ModelInput(samples, normalise, getattr(samples.on_disk, "mask", None), config.loss)
+        inputs = ModelInput(samples, normalise, config.loss, Channels.choose(samples.on_disk, ranges, weights))
         x_train, x_val = _training_rows(inputs, val_fraction, config.seed, lazy)
         trainer = _trainer(out / CHECKPOINTS, config, decoder, inputs, resume, quiet, replicas)
         if refine_start:  # refused before training, not after
@@ -84,14 +92,16 @@ def train_model(data, out, config: TrainConfig, *, key=None, decoder: str = "mlp
         trainer.callbacks = (*trainer.callbacks, _reporter(quiet))
         if tensorboard is not None and replicas.is_writer:
             trainer.callbacks = (*trainer.callbacks, stack.enter_context(TensorBoardLog(tensorboard)))
-        _say(quiet, f"training on {len(x_train)} samples, validating on {len(x_val) or 'none'}")
+        used = inputs.channels.describe()
+        _say(quiet, f"training on {len(x_train)} samples, validating on {len(x_val) or 'none'}"
+                    + (f"; using {used}" if used else ""))
         trainer.fit(x_train, x_val if len(x_val) else None)
         if refine_start:
             _say(quiet, f"refitting the start map on converged latents of {min(len(x_train), REFINE_SAMPLES)} "
                         "training samples")
             trainer.refine_start(x_train)
     if replicas.is_writer:
-        _save_trained(trainer, out, data, samples.on_disk, normalise)
+        _save_trained(trainer, out, data, inputs, normalise)
         _say(quiet, f"model written to {out}")
     return trainer
 
@@ -125,7 +135,7 @@ def _trainer(checkpoints: Path, config: TrainConfig, decoder: str, inputs: Model
     if (checkpoints / LATEST).exists():
         raise ConfigError(f"{checkpoints.parent} already holds a training run; pass --resume to continue it, "
                           "or choose another --out")
-    feature_shape = tuple(inputs.samples.on_disk.x.shape[1:])
+    feature_shape = inputs.feature_shape
     with torch.random.fork_rng(devices=[]):  # seeded initial weights; the caller's RNG is left alone
         torch.manual_seed(config.seed)
         model = DECODERS[decoder].decoder(config.latent_dim, feature_shape)
@@ -145,12 +155,13 @@ def _reporter(quiet: bool):
     return report
 
 
-def _save_trained(trainer: Trainer, out: Path, data, dataset, normalise: str) -> None:
+def _save_trained(trainer: Trainer, out: Path, data, inputs: ModelInput, normalise: str) -> None:
     """The model directory with how its data were read and prepared, and the history."""
+    dataset = inputs.samples.on_disk
     grid = grid_of(dataset).to_record() if isinstance(dataset, SpectraDataset) else None
     trainer.save_model(out, extra_settings={"data": str(data), "scaling": dataset.scaling,
                                             "feature_shape": list(trainer.decoder.out_shape), "normalise": normalise,
-                                            "grid": grid})
+                                            "grid": grid, "channels": inputs.channels.record()})
     trainer.write_history_csv(out / "history.csv")
 
 
@@ -166,17 +177,27 @@ def encode_samples(loaded, x: np.ndarray, settings: EncodeSettings, *, progress:
 @dataclass(frozen=True)
 class ModelInput:
     """Samples on their way into a model, prepared as it was trained on them:
-    checked for `loss`, normalised per sample (`normalise`, over the `mask`'s
-    pixels), a chunk at a time."""
+    the model's `channels` kept, checked for `loss`, normalised per sample
+    (`normalise`, over the channels' weights), a chunk at a time."""
 
     samples: Samples
     normalise: str
-    mask: np.ndarray | None
     loss: str | None
+    channels: Channels
+
+    @functools.cached_property
+    def mask(self) -> np.ndarray | None:
+        """The loss weights of the model's features: the channels' weights and the data's mask."""
+        return self.channels.loss_weights(getattr(self.samples.on_disk, "mask", None))
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        return self.channels.feature_shape(tuple(self.samples.on_disk.x.shape[1:]))
 
     def prepare(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """`(x, scale)` of raw samples; `scale` is None without normalisation."""
-        x, scale = normalise_samples(validate_data(raw, loss=self.loss), self.normalise, self.mask)
+        x, scale = normalise_samples(validate_data(self.channels.select(raw), loss=self.loss), self.normalise,
+                                     self.mask)
         return x, None if self.normalise == "none" else scale
 
     def chunks(self, rows: int, start: int = 0, stop: int | None = None) -> Iterator[tuple]:
@@ -187,20 +208,22 @@ class ModelInput:
 
 
 def model_input(loaded, samples: Samples, settings: EncodeSettings) -> ModelInput:
-    """`samples` as `loaded` was trained on them: the same grid (else a
-    `DataError`), its normalisation and the spectra's mask."""
+    """`samples` as `loaded` was trained on them: the same grid and axis (else a
+    `DataError`), its channels, its normalisation and the spectra's mask."""
     dataset = samples.on_disk
     grid = loaded.settings.get("grid")
     if grid is not None and isinstance(dataset, SpectraDataset):
         check_same_grid(Grid.from_record(grid), dataset, names=("the model's training spectra", dataset.name))
-    return ModelInput(samples, loaded.settings.get("normalise", "none"), getattr(dataset, "mask", None),
-                      settings.loss)
+    return ModelInput(samples, loaded.settings.get("normalise", "none"), settings.loss,
+                      Channels.from_record(loaded.settings.get("channels")).accept(dataset))
 
 
-def encoding_provenance(loaded, settings: EncodeSettings, data) -> dict:
-    """Provenance of latents encoded from `data`, with its file's digest when it is a file."""
+def encoding_provenance(loaded, settings: EncodeSettings, inputs: ModelInput, data) -> dict:
+    """Provenance of latents encoded from `data`, with its file's digest when it
+    is a file, and the axis of the model's features (what the latents decode to)."""
     digest = file_sha256(data) if Path(str(data)).is_file() else None
-    return provenance(model_config=loaded.config, settings=settings.record(), input_path=data, input_sha256=digest)
+    return provenance(model_config=loaded.config, settings=settings.record(), input_path=data, input_sha256=digest,
+                      axis=inputs.channels.model_axis)
 
 
 def write_encoded(path, loaded, inputs: ModelInput, settings: EncodeSettings, meta: dict, *, start: int = 0,
@@ -260,7 +283,7 @@ def encode_file(model, data, output, *, key=None, options=None, quiet=False) -> 
     settings = EncodeSettings.of_model(loaded, options)
     with open_samples(data, key) as samples:
         inputs = model_input(loaded, samples, settings)
-        meta = encoding_provenance(loaded, settings, data)
+        meta = encoding_provenance(loaded, settings, inputs, data)
         summary = write_encoded(output, loaded, inputs, settings, meta, progress=not quiet)
     _say(quiet, f"encoded {summary['samples']} samples: mean loss {summary['mean_loss']:.5g}, "
                 f"{summary['mean_steps']:.1f} steps and {summary['mean_nfe']:.1f} decoder evaluations per "
@@ -288,7 +311,13 @@ def reconstruct(loaded, z, scale: np.ndarray | None = None) -> np.ndarray:
     with torch.no_grad():
         out = link(loaded.settings.get("encode", {}).get("loss", "bce"),
                    loaded.decoder(torch.from_numpy(np.asarray(z, dtype=np.float32)))).numpy()
-    return out if scale is None else out * scale.reshape(-1, *([1] * (out.ndim - 1)))
+    return in_data_units(out, scale)
+
+
+def in_data_units(x: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
+    """Samples as the model saw them, times each one's `scale`: the per-sample
+    normalisation undone (nothing to undo without one)."""
+    return x if scale is None else x * scale.reshape(-1, *([1] * (x.ndim - 1)))
 
 
 def decode_file(model, latents, output, *, quiet=False) -> np.ndarray:
@@ -332,7 +361,8 @@ def read_history(model) -> dict[str, np.ndarray] | None:
 
 def plot_model(model, data, out, *, key=None, samples=500, show=8, quiet=False) -> list[Path]:
     """Write the figures of a trained model to the folder `out`: reconstructions
-    of the first `show` samples of `data` beside the originals, the training
+    of the first `show` samples of `data` (as the model sees them: its channels,
+    normalised as it was trained) beside the originals, the training
     curves (when the model has a history), and its first `samples` latents on
     their principal axes coloured by loss. The samples are encoded as `gfe
     encode` encodes them (normalised, the spectra's mask weighing the loss), so
@@ -344,15 +374,16 @@ def plot_model(model, data, out, *, key=None, samples=500, show=8, quiet=False) 
         raise ConfigError(f"samples and show must be positive; got {samples} and {show}")
     loaded = load_model(model)
     settings = EncodeSettings.of_model(loaded)
-    with open_samples(data, key) as opened:
+    with open_samples(data, key) as opened:  # prepared as encoding would: channels, normalisation
         inputs = model_input(loaded, opened, settings)
-        raw = opened.read(slice(0, samples))
-        x, scale = inputs.prepare(raw)
+        x, scale = inputs.prepare(opened.read(slice(0, samples)))
     encoding = encode_samples(loaded, x, settings, progress=not quiet, weights=inputs.mask)
     z = encoding.z.detach().numpy()
     name = Path(model).name
     out = Path(out)
-    written = [plots.plot_reconstructions(raw, {"reconstructed": reconstruct(loaded, z, scale)[:show]},
+    shown = None if scale is None else scale[:show]
+    written = [plots.plot_reconstructions(in_data_units(x[:show], shown),
+                                          {"reconstructed": reconstruct(loaded, z[:show], shown)},
                                           out / "reconstructions.png", n=show, title=f"{name}: samples of {data} and their reconstructions")]
     history = read_history(model)
     if history is not None:

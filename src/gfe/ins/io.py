@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 
 from ..errors import DataError
-from ..samples import Dataset, Samples
+from ..samples import Dataset, Samples, same_axis
 
 FORMAT = "gfe-ins"
 FORMAT_VERSION = 1
@@ -37,7 +37,7 @@ _KIND_OF_NDIM = {3: "powder-map", 2: "spectrum-1d"}  # spectra's ndim, with the 
 class SpectraDataset(Dataset):
     """A `gfe.samples.Dataset` of INS spectra plus their axes and labels.
 
-    `q_grid` is None for 1-D spectra; `labels`, `label_names` and `mask` are None
+    `q_grid` is None for 1-D spectra, whose `axis` is `e_grid`; `labels`, `label_names` and `mask` are None
     when the file has none. `attrs` holds the file's attributes (provenance,
     with the generator's `settings` decoded from JSON).
     """
@@ -59,12 +59,6 @@ def _describe(data: SpectraDataset | Grid) -> str:
     if data.q_grid is not None:
         axes.insert(0, axis("|Q|", data.q_grid, "1/Å"))
     return f"{data.kind} ({', '.join(axes)})"
-
-
-def _same_axis(u: np.ndarray | None, v: np.ndarray | None) -> bool:
-    if u is None or v is None:
-        return u is v
-    return u.shape == v.shape and bool(np.allclose(u, v, rtol=1e-6, atol=1e-9))
 
 
 @dataclass(frozen=True)
@@ -96,7 +90,7 @@ def check_same_grid(a: SpectraDataset | Grid, b: SpectraDataset | Grid, *,
     A decoder trained on one grid maps latents to that grid only: encoding
     spectra binned differently would silently compare mismatched pixels.
     """
-    if not (a.kind == b.kind and _same_axis(a.e_grid, b.e_grid) and _same_axis(a.q_grid, b.q_grid)):
+    if not (a.kind == b.kind and same_axis(a.e_grid, b.e_grid) and same_axis(a.q_grid, b.q_grid)):
         raise DataError(f"the spectra are on different grids: {names[0]} are {_describe(a)}, "
                         f"{names[1]} are {_describe(b)}; rebin one set or generate both with the same settings")
 
@@ -142,7 +136,8 @@ def _read(f: h5py.File, path: Path) -> SpectraDataset:
         if mask.shape != expected:
             raise DataError(f"{path}: mask has shape {mask.shape}, but each spectrum has shape {expected}")
     return SpectraDataset(x=x, name=str(path), scaling={"kind": "none"}, kind=kind, e_grid=e_grid,
-                          q_grid=q_grid, labels=labels, label_names=label_names, mask=mask, attrs=_attrs(f))
+                          q_grid=q_grid, labels=labels, label_names=label_names, mask=mask, attrs=_attrs(f),
+                          axis=e_grid if q_grid is None else None)  # 1-D spectra: energies select channels
 
 
 def is_spectra_file(path) -> bool:
