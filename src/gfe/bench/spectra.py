@@ -1,29 +1,35 @@
-"""GFE versus the autoencoder versus PCA on INS spectra, at equal latent size.
+"""GFE versus the autoencoder versus PCA on spectra, at equal latent size: generated
+INS maps with their generating parameters, or any measured spectra file with a
+table of reference values (e.g. concentrations measured alongside).
 
-Protocol: spectra are normalised per sample to unit mean (over the file's mask);
-a fixed random test set is held out; for each training size N and training seed
-every neural method trains the same convolutional decoder (same initial weights,
-same sample order, the same `latent_penalty` and `latent_noise`) for `epochs`
-passes. On the test set we report the reconstruction MSE (of normalised spectra,
-masked pixels excluded), the cross-validated R² of a ridge regression from test
-latents to each continuous generating parameter (how much physics the latent
-holds), and wall times for training and encoding; `summary` averages the seeds.
+Protocol: the channels are selected (`ranges`), spectra are normalised per sample
+(by default to unit mean over the mask) and optionally standardised per feature
+with the training spectra's statistics; a fixed random test set is held out; for
+each training size N and training seed every neural method trains the same
+decoder (same initial weights, same sample order, the same `latent_penalty` and
+`latent_noise`) for `epochs` passes. We report the test reconstruction MSE (masked
+pixels excluded), the cross-validated R² of a ridge regression from latents to
+each reference quantity (the test spectra's generating parameters, or the
+reference table's values at its rows), and wall times for training and encoding;
+`summary` averages the seeds.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..cli_args import int_list, seed_list
+from ..cli_args import DATA_HELP, int_list, seed_list
 from ..encode import encode
 from ..errors import DataError
-from ..models import Conv1dDecoder, Conv2dDecoder
-from ..normalise import normalise
+from ..models import DECODERS, Conv1dDecoder, Conv2dDecoder
+from ..normalise import NORMALISATIONS, normalise
+from ..samples import validate_data
 from ..train import TrainConfig, Trainer
 from . import at_least, cli, known
 from .data_efficiency import machine
@@ -68,77 +74,141 @@ def _masked_mse(recon: np.ndarray, x: np.ndarray, mask) -> float:
     return float(np.mean(((recon - x) ** 2 * w).reshape(len(x), -1).sum(1) / w.sum()))
 
 
-def _neural(method, x_train, x_test, mask, *, latent_dim, epochs, batch_size, lr, seed, latent_penalty,
-            latent_noise):
-    decoder_class = Conv2dDecoder if x_train.ndim == 3 else Conv1dDecoder
-    torch.manual_seed(seed)
-    decoder = decoder_class(latent_dim, x_train.shape[1:], channels=(32, 16, 8))
+def _neural(method, x_train, x_test, x_probe, mask, *, decoder, latent_dim, epochs, batch_size, lr, seed,
+            latent_penalty, latent_noise):
+    """Train `method` on `x_train`; the test latents, reconstructions and probe latents,
+    encoded as `gfe encode` encodes with the saved model (from its start map)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if decoder == "conv":
+            model = (Conv2dDecoder if x_train.ndim == 3 else Conv1dDecoder)(latent_dim, x_train.shape[1:],
+                                                                           channels=(32, 16, 8))
+        else:
+            model = DECODERS[decoder].decoder(latent_dim, x_train.shape[1:])
     config = TrainConfig(method=method, latent_dim=latent_dim, epochs=epochs, batch_size=batch_size,
                          optimizer="adam", lr=lr, loss="mse", seed=seed,
                          latent_penalty=latent_penalty, latent_noise=latent_noise)
-    trainer = Trainer(config, x_train.shape[1:], decoder=decoder, progress=False, weights=mask)
+    trainer = Trainer(config, x_train.shape[1:], decoder=model, progress=False, weights=mask)
     start = time.perf_counter()
     trainer.fit(x_train)
     train_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    xt = torch.from_numpy(x_test)
-    if trainer.config.is_gfe:  # as `gfe encode` encodes with the saved model: from its start map
-        z = encode(trainer.decoder, xt, z0=trainer.start_map(), weights=mask, **trainer.settings()["encode"]).z
-    else:
+
+    def latents(x):
+        if trainer.config.is_gfe:
+            return encode(trainer.decoder, x, z0=trainer.start_map(), weights=mask, **trainer.settings()["encode"]).z
         with torch.no_grad():
-            z, _, _ = trainer.latents(xt, training=False)
+            return trainer.latents(torch.from_numpy(x), training=False)[0]
+
+    start = time.perf_counter()
+    z = latents(x_test)
     encode_seconds = time.perf_counter() - start
     with torch.no_grad():
         recon = trainer.decoder(z).numpy()
-    return z.detach().numpy(), recon, train_seconds, encode_seconds
+    return z.detach().numpy(), recon, latents(x_probe).detach().numpy(), train_seconds, encode_seconds
 
 
-def _pca(x_train, x_test, *, latent_dim):
+def _pca(x_train, x_test, x_probe, *, latent_dim):
     from sklearn.decomposition import PCA
 
-    n_components = min(latent_dim, len(x_train))
+    flat = x_train.reshape(len(x_train), -1)
     start = time.perf_counter()
-    pca = PCA(n_components=n_components).fit(x_train.reshape(len(x_train), -1))
+    pca = PCA(n_components=min(latent_dim, *flat.shape)).fit(flat)
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
     z = pca.transform(x_test.reshape(len(x_test), -1))
     encode_seconds = time.perf_counter() - start
     recon = pca.inverse_transform(z).reshape(x_test.shape)
-    return z, recon, train_seconds, encode_seconds
+    return z, recon, pca.transform(x_probe.reshape(len(x_probe), -1)), train_seconds, encode_seconds
 
 
-def run(data, samples: list[int], *, methods=METHODS, n_test: int = 500, latent_dim: int = 8, epochs: int = 20,
-        batch_size: int = 5, lr: float = 1e-3, seeds=(0,), latent_penalty: float = 0.0, latent_noise: float = 0.0,
-        plots=None, progress: bool = True) -> dict:
-    """Run the benchmark on the spectra file `data`; write PNGs into `plots` if given.
-    The test set is drawn once (seed 0); `seeds` seed the neural methods' training."""
-    from ..ins.io import load_spectra  # here: gfe.ins loads the spectra generator, which `gfe --help` need not
+@dataclass(frozen=True)
+class _Spectra:
+    """The benchmark's data: samples (channels selected, normalised per sample), the
+    loss mask, the fixed test rows and the training pool, and the rows and values
+    the probe reads latents against."""
 
+    x: np.ndarray
+    mask: np.ndarray | None
+    test: np.ndarray
+    pool: np.ndarray
+    probe_rows: np.ndarray
+    labels: np.ndarray
+    names: tuple[str, ...]
+    description: str
+
+
+def _load(data, *, key, references, ranges, normalise_kind: str, n_test: int, n_train: int) -> _Spectra:
+    """Spectra from any file gfe reads, with the generating parameters of an INS file
+    (probed on the test latents) or a `references` table (probed at its rows)."""
+    from ..channels import Channels
+    from ..data import open_samples
+
+    with open_samples(data, key) as samples:
+        dataset = samples.on_disk
+        channels = Channels.choose(dataset, ranges)
+        mask = channels.loss_weights(getattr(dataset, "mask", None))
+        x, _ = normalise(validate_data(channels.select(samples.read())), normalise_kind, mask)
+    if n_train + n_test > len(x):
+        raise DataError(f"{data} holds {len(x)} spectra; {n_train} training and {n_test} test spectra were asked for")
+    order = np.random.default_rng(0).permutation(len(x))
+    test, pool = order[:n_test], order[n_test:]
+    if references is not None:
+        rows, labels, names = read_references(references, len(x))
+    elif getattr(dataset, "labels", None) is not None:
+        rows, labels, names = test, dataset.labels[test], dataset.label_names
+    else:
+        raise DataError(f"{data} has no labels; give reference values for the latent probe (references=...)")
+    return _Spectra(x, mask, test, pool, rows, labels, tuple(names), channels.describe() or "all channels")
+
+
+def read_references(path, n_samples: int) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """A CSV of reference values: a header naming a `row` column (the spectrum each
+    reference belongs to, counted from 0) and one column per quantity."""
+    table = np.genfromtxt(path, delimiter=",", names=True, dtype=np.float64, encoding="utf-8")
+    names = table.dtype.names or ()
+    if "row" not in names or len(names) < 2:
+        raise DataError(f"{path} must have a header with a 'row' column (the spectrum's row, from 0) and at least "
+                        f"one column of reference values; got columns {list(names)}")
+    table = np.atleast_1d(table)
+    rows = table["row"]
+    values = np.column_stack([table[name] for name in names if name != "row"])
+    if not (np.isfinite(rows).all() and np.array_equal(rows, np.round(rows)) and 0 <= rows.min()
+            and rows.max() < n_samples and np.isfinite(values).all()):
+        raise DataError(f"{path}: rows must be whole numbers from 0 to {n_samples - 1} and every value finite")
+    return rows.astype(np.int64), values, tuple(name for name in names if name != "row")
+
+
+def run(data, samples: list[int], *, key=None, references=None, ranges=None, normalise_kind: str = "mean",
+        standardise: bool = False, decoder: str = "conv", methods=METHODS, n_test: int = 500, latent_dim: int = 8,
+        epochs: int = 20, batch_size: int = 5, lr: float = 1e-3, seeds=(0,), latent_penalty: float = 0.0,
+        latent_noise: float = 0.0, plots=None, progress: bool = True) -> dict:
+    """Run the benchmark on the spectra in `data`; write PNGs into `plots` if given.
+
+    The test set is drawn once (seed 0); `seeds` seed the neural methods' training.
+    `ranges` select channels (as `gfe train --range`); `standardise` scales each
+    feature by the training spectra's mean and standard deviation (errors are then
+    in those units); `decoder` is "conv" (the convolutional decoder of the data's
+    dimension) or a registered decoder name."""
     known("methods", methods, METHODS)
+    known("decoder", [decoder], ["conv", *DECODERS])
     at_least(1, samples=samples, latent_dim=latent_dim, epochs=epochs)
     at_least(0, seeds=seeds)
     at_least(2 * PROBE_FOLDS, n_test=n_test)  # R² needs two or more test spectra in each of the probe's folds
-    spectra = load_spectra(data)
-    if spectra.labels is None:
-        raise DataError(f"{data} has no labels (generating parameters); the latent probe needs them")
-    if max(samples) + n_test > len(spectra.x):
-        raise DataError(f"{data} holds {len(spectra.x)} spectra; {max(samples)} training and {n_test} test "
-                        "spectra were asked for")
-    x, _ = normalise(spectra.x, "mean", spectra.mask)
-    order = np.random.default_rng(0).permutation(len(x))
-    test, pool = order[:n_test], order[n_test:]
-    x_test, y_test = x[test], spectra.labels[test]
+    spectra = _load(data, key=key, references=references, ranges=ranges, normalise_kind=normalise_kind,
+                    n_test=n_test, n_train=max(samples))
     results, shown = [], {}
     for n, seed, method in itertools.product(samples, seeds, methods):
-        x_train = x[pool[:n]]
+        x = _standardised(spectra.x, spectra.pool[:n]) if standardise else spectra.x
+        x_train, x_test, x_probe = x[spectra.pool[:n]], x[spectra.test], x[spectra.probe_rows]
         if method == "pca":
-            z, recon, train_s, encode_s = _pca(x_train, x_test, latent_dim=latent_dim)
+            z, recon, z_probe, train_s, encode_s = _pca(x_train, x_test, x_probe, latent_dim=latent_dim)
         else:
-            z, recon, train_s, encode_s = _neural(method, x_train, x_test, spectra.mask, latent_dim=latent_dim,
-                                                  epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                                                  latent_penalty=latent_penalty, latent_noise=latent_noise)
-        r2 = probe_r2(z, y_test, spectra.label_names)
-        knn = probe_r2(z, y_test, spectra.label_names, model="knn")
+            z, recon, z_probe, train_s, encode_s = _neural(
+                method, x_train, x_test, x_probe, spectra.mask, decoder=decoder, latent_dim=latent_dim,
+                epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, latent_penalty=latent_penalty,
+                latent_noise=latent_noise)
+        r2 = probe_r2(z_probe, spectra.labels, spectra.names)
+        knn = probe_r2(z_probe, spectra.labels, spectra.names, model="knn")
         row = {"method": method, "samples": n, "seed": seed, "test_mse": _masked_mse(recon, x_test, spectra.mask),
                "probe_r2_mean": float(np.mean(list(r2.values()))), "probe_r2": r2,
                "probe_knn_r2_mean": float(np.mean(list(knn.values()))), "probe_knn_r2": knn,
@@ -152,29 +222,52 @@ def run(data, samples: list[int], *, methods=METHODS, n_test: int = 500, latent_
                   f"encode {encode_s:6.2f} s", flush=True)
     summary = _summary(results)
     if plots is not None:
+        x_test = (_standardised(spectra.x, spectra.pool[:max(samples)]) if standardise else spectra.x)[spectra.test]
         _plot(summary, methods, x_test, shown, Path(plots), max(samples))
+    scaled = "standardised per feature on the training spectra" if standardise else "unscaled features"
     return {
-        "benchmark": "spectra", "data": str(data), "kind": spectra.kind, "shape": list(x.shape[1:]),
-        "n_test": n_test, "latent_dim": latent_dim, "epochs": epochs, "batch_size": batch_size,
-        "optimizer": "adam", "lr": lr, "loss": "mse on per-sample mean-normalised spectra", "seeds": list(seeds),
-        "latent_penalty": latent_penalty, "latent_noise": latent_noise,
+        "benchmark": "spectra", "data": str(data), "channels": spectra.description, "shape": list(spectra.x.shape[1:]),
+        "n_test": n_test, "latent_dim": latent_dim, "epochs": epochs, "batch_size": batch_size, "decoder": decoder,
+        "optimizer": "adam", "lr": lr, "loss": f"mse; spectra normalised per sample: {normalise_kind}; {scaled}",
+        "seeds": list(seeds), "latent_penalty": latent_penalty, "latent_noise": latent_noise,
+        "references": None if references is None else str(references),
         "probe": f"{PROBE_FOLDS}-fold CV ridge (standardised latents, penalty chosen inside each fold by RidgeCV) "
-                 "on the test latents; mean over continuous labels. probe_knn: the same folds with "
-                 f"{PROBE_NEIGHBOURS}-nearest-neighbour regression (nonlinear)",
+                 f"on the latents of {'the reference rows' if references is not None else 'the test spectra'}; "
+                 f"mean over continuous labels. probe_knn: the same folds with {PROBE_NEIGHBOURS}-nearest-neighbour "
+                 "regression (nonlinear)",
         "machine": machine(),
         "results": results, "summary": summary,
     }
 
 
+def _standardised(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """`x` with each feature centred and scaled by the statistics of `rows` (constant features keep scale 1)."""
+    mean, std = x[rows].mean(0), x[rows].std(0)
+    return ((x - mean) / np.where(std > 0, std, 1.0)).astype(np.float32)
+
+
 def add_parser(bench) -> None:
     q = cli.parser(
-        bench, "spectra", "GFE vs autoencoder vs PCA on INS spectra: test error, physics in the latent, time",
-        "On an INS spectra file (from 'gfe data ins'), train GFE (AMD and Nesterov), the autoencoder with the "
-        "same convolutional decoder, and PCA, at equal latent size and several training sizes; report test "
-        "reconstruction MSE (per-sample mean-normalised spectra), cross-validated ridge R^2 from test latents to "
-        "the generating parameters, and training and encoding times. Writes the plots next to --json. See "
-        "docs/spectra.md.")
-    q.add_argument("--data", required=True, type=Path, help="INS spectra file with labels")
+        bench, "spectra", "GFE vs autoencoder vs PCA on spectra: test error, what the latent holds, time",
+        "On an INS spectra file (from 'gfe data ins') or any spectra file with --references, train GFE (AMD and "
+        "Nesterov), the autoencoder with the same decoder, and PCA, at equal latent size and several training "
+        "sizes; report test reconstruction MSE, cross-validated ridge R^2 from latents to the generating "
+        "parameters or reference values, and training and encoding times. Writes the plots next to --json. See "
+        "docs/spectra.md and docs/benchmarks.md.")
+    q.add_argument("--data", required=True, type=Path, help="spectra: an INS file with labels, or " + DATA_HELP)
+    q.add_argument("--key", help="array name in an .npz or dataset path in an HDF5 file")
+    q.add_argument("--references", type=Path, default=None,
+                   help="CSV of reference values for the probe: a header with a 'row' column (the spectrum's row "
+                        "in DATA, from 0) and one column per quantity")
+    q.add_argument("--range", dest="ranges", default=None, metavar="LO:HI",
+                   help="keep only these channels, as 'gfe train --range' (axis values, else feature indices)")
+    q.add_argument("--normalise", default="mean", choices=list(NORMALISATIONS),
+                   help="per-sample normalisation, as 'gfe train --normalise'")
+    q.add_argument("--standardise", action="store_true",
+                   help="scale each feature by the training spectra's mean and standard deviation")
+    q.add_argument("--decoder", default="conv",
+                   help="'conv' (the convolutional decoder of the data's dimension, channels 32, 16, 8) or a "
+                        "registered decoder name (gfe.models.DECODERS)")
     q.add_argument("--samples", type=int_list, default=[50, 100, 300], help="training-set sizes")
     q.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
     q.add_argument("--n-test", type=int, default=500,
@@ -194,7 +287,9 @@ def add_parser(bench) -> None:
 
 
 def _command(args) -> None:
-    result = run(args.data, args.samples, methods=args.methods.split(","), n_test=args.n_test,
+    result = run(args.data, args.samples, key=args.key, references=args.references, ranges=args.ranges,
+                 normalise_kind=args.normalise, standardise=args.standardise, decoder=args.decoder,
+                 methods=args.methods.split(","), n_test=args.n_test,
                  latent_dim=args.latent_dim, epochs=args.epochs, seeds=args.seeds,
                  latent_penalty=args.latent_penalty, latent_noise=args.latent_noise,
                  plots=None if args.json is None else args.json.parent, progress=not args.quiet)
