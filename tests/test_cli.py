@@ -221,8 +221,8 @@ def test_train_model_seeds_its_decoder_without_touching_the_global_rng(workdir, 
     monkeypatch.setattr(gfe.workflows, "Trainer", Recording)
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    gfe.workflows.train_model(workdir / "images.npy", tmp_path / "m", latent_dim=2, batch_size=8, seed=5,
-                              encode_options={"max_steps": 5}, quiet=True)
+    config = gfe.workflows.TrainConfig(latent_dim=2, batch_size=8, seed=5, encode_options={"max_steps": 5})
+    gfe.workflows.train_model(workdir / "images.npy", tmp_path / "m", config, quiet=True)
     assert torch.equal(torch.get_rng_state(), before)
     torch.manual_seed(5)
     expected = MLPDecoder(2, (4, 4)).state_dict()
@@ -276,7 +276,7 @@ DELIBERATE = {
 def test_train_defaults_agree_with_the_estimator():
     """Every parameter `gfe train` shares with `gfe.GFE` has the same default,
     unless the difference is in DELIBERATE and documented on both sides."""
-    from gfe.workflows import DECODER_KINDS
+    from gfe.models import DECODERS
 
     options = {action.dest: action for action in subparser("train")._actions}
     cli = {name: action.default for name, action in options.items()}
@@ -284,7 +284,7 @@ def test_train_defaults_agree_with_the_estimator():
     cli["verbose"] = not cli.pop("quiet")
     estimator = gfe.GFE().get_params()
     # GFE's decoder=None is gfe train's "mlp": the same decoder, the paper's MLP.
-    assert gfe.GFE()._build_decoder(3, (6,)).config() == DECODER_KINDS[cli.pop("decoder")](3, (6,)).config()
+    assert gfe.GFE()._build_decoder(3, (6,)).config() == DECODERS[cli.pop("decoder")].decoder(3, (6,)).config()
     shared = set(estimator) & set(cli)
     assert shared == set(estimator) - {"decoder", "feature_shape"}  # (gfe train reads the shape from the data)
     differ = {name: (cli[name], estimator[name]) for name in shared if cli[name] != estimator[name]}
