@@ -311,13 +311,7 @@ def reconstruct(loaded, z, scale: np.ndarray | None = None) -> np.ndarray:
     with torch.no_grad():
         out = link(loaded.settings.get("encode", {}).get("loss", "bce"),
                    loaded.decoder(torch.from_numpy(np.asarray(z, dtype=np.float32)))).numpy()
-    return in_data_units(out, scale)
-
-
-def in_data_units(x: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
-    """Samples as the model saw them, times each one's `scale`: the per-sample
-    normalisation undone (nothing to undo without one)."""
-    return x if scale is None else x * scale.reshape(-1, *([1] * (x.ndim - 1)))
+    return out if scale is None else out * scale.reshape(-1, *([1] * (out.ndim - 1)))
 
 
 def decode_file(model, latents, output, *, quiet=False) -> np.ndarray:
@@ -376,13 +370,14 @@ def plot_model(model, data, out, *, key=None, samples=500, show=8, quiet=False) 
     settings = EncodeSettings.of_model(loaded)
     with open_samples(data, key) as opened:  # prepared as encoding would: channels, normalisation
         inputs = model_input(loaded, opened, settings)
-        x, scale = inputs.prepare(opened.read(slice(0, samples)))
+        raw = opened.read(slice(0, samples))
+        x, scale = inputs.prepare(raw)
     encoding = encode_samples(loaded, x, settings, progress=not quiet, weights=inputs.mask)
     z = encoding.z.detach().numpy()
     name = Path(model).name
     out = Path(out)
     shown = None if scale is None else scale[:show]
-    written = [plots.plot_reconstructions(in_data_units(x[:show], shown),
+    written = [plots.plot_reconstructions(inputs.channels.select(raw[:show]),
                                           {"reconstructed": reconstruct(loaded, z[:show], shown)},
                                           out / "reconstructions.png", n=show, title=f"{name}: samples of {data} and their reconstructions")]
     history = read_history(model)
