@@ -376,9 +376,8 @@ def plot_model(model, data, out, *, key=None, samples=500, show=8, quiet=False) 
     z = encoding.z.detach().numpy()
     name = Path(model).name
     out = Path(out)
-    shown = None if scale is None else scale[:show]
     written = [plots.plot_reconstructions(inputs.channels.select(raw[:show]),
-                                          {"reconstructed": reconstruct(loaded, z[:show], shown)},
+                                          {"reconstructed": reconstruct(loaded, z, scale)[:show]},
                                           out / "reconstructions.png", n=show, title=f"{name}: samples of {data} and their reconstructions")]
     history = read_history(model)
     if history is not None:
