@@ -62,7 +62,7 @@ def _add_train(sub) -> None:
     from .methods import METHODS
     from .models import DECODERS
     from .normalise import NORMALISATIONS
-    from .train_config import ON_NONFINITE, OPTIMIZERS
+    from .train_config import LR_SCHEDULES, ON_NONFINITE, OPTIMIZERS
 
     p = sub.add_parser(
         "train", help="train a decoder (GFE) or the autoencoder baseline",
@@ -84,12 +84,19 @@ def _add_train(sub) -> None:
     p.add_argument("--batch-size", type=int, default=5)
     p.add_argument("--optimizer", default="rmsprop", choices=list(OPTIMIZERS))
     p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lr-schedule", default="constant", choices=list(LR_SCHEDULES),
+                   help="cosine: lower the learning rate from --lr to 0 over the run, batch by batch, so the "
+                        "decoder settles at the end instead of jittering about its minimum")
     p.add_argument("--loss", default="bce", choices=list(LOSSES),
                    help="bce for data in [0, 1], mse for real values, poisson for counts")
     p.add_argument("--normalise", default="none", choices=list(NORMALISATIONS),
                    help="mean: divide each sample by its mean (over the mask of an INS spectra file), recorded "
                         "in the model so encode and decode apply and undo it (not with --loss poisson)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of DATA held out for validation")
+    p.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=True,
+                   help="save the epoch of lowest validation loss (history.csv: best_epoch), not the last")
+    p.add_argument("--patience", type=int, default=None, metavar="EPOCHS",
+                   help="stop once the validation loss has not improved for EPOCHS epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--encode-options", type=_json_dict, default={},
                    help="JSON options for the flow during training, e.g. '{\"gtol\": 1e-3}'")
