@@ -78,7 +78,8 @@ def _add_train(sub) -> None:
                    help="gfe-*: decoder trained on gradient-flow latents (flow and solver in the name); "
                         "ae: the autoencoder baseline with a mirrored encoder")
     p.add_argument("--decoder", default="mlp", choices=list(DECODERS),
-                   help="decoder architecture (the MLP is the paper's: hidden 150, 300, 600, ELU)")
+                   help="decoder architecture (the MLP is the paper's: hidden 150, 300, 600, ELU; pca-mlp starts "
+                        "from a PCA of the training data, for nearly linear data such as spectra)")
     p.add_argument("--latent-dim", type=int, default=20)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=5)

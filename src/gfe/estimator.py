@@ -55,9 +55,10 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         paper's choice for MNIST), and "poisson" for counts.
     decoder : None, str or dict, default=None
         None for the paper's MLP (hidden 150, 300, 600, ELU); a registered type
-        ("mlp", "conv1d", "conv2d"); or a config dict of its constructor
+        ("mlp", "pca-mlp", "conv1d", "conv2d"); or a config dict of its constructor
         arguments, e.g. ``{"type": "mlp", "hidden": [64]}``. GFE fills in
-        latent_dim and out_shape.
+        latent_dim and out_shape. "pca-mlp" starts from a PCA of X (for nearly
+        linear data such as spectra).
     feature_shape : tuple of int, default=None
         The shape the decoder sees for each row of X, e.g. (C, L) for "conv1d"
         or (H, W) for "conv2d". Its product must be n_features; None keeps rows

@@ -32,7 +32,7 @@ from .encode import as_weights, threads_for_rows
 from .errors import ConfigError, ModelFileError, TrainingError
 from .gradients import flow_gradients
 from .latent_sources import FlowLatents, latent_source
-from .losses import Loss
+from .losses import Loss, loss_spec
 from .models import default_decoder
 from .persist import atomic_path, load_model, save_model
 from .samples import SampleRows, validate_data
@@ -41,6 +41,7 @@ from .train_config import OPTIMIZERS, EpochRecord, TrainConfig
 
 REFINE_CHUNK = 1024  # samples per flow call in `Trainer.refine_start`
 REFINE_SAMPLES = 2000  # training samples `Trainer.refine_start` encodes by default
+INIT_SAMPLES = 4096  # training samples, evenly spaced, a decoder's `init_from_data` sees
 
 
 class Trainer:
@@ -54,7 +55,9 @@ class Trainer:
     `weights` (the feature shape; zeros mask features out, e.g. detector gaps)
     weigh the loss in the flow, in the decoder's updates and in `evaluate`.
     `fit` and `evaluate` take arrays, or `gfe.samples.SampleRows` for samples read
-    from disk a batch at a time.
+    from disk a batch at a time. A decoder with an `init_from_data(targets, weights)`
+    method (`gfe.models.PCAMLPDecoder`) is initialised from the training samples
+    when a run begins (not on resume: the checkpoint carries those weights).
     """
 
     def __init__(
@@ -164,6 +167,8 @@ class Trainer:
         if self.config.patience is not None and x_val is None:
             raise ConfigError("patience stops on the validation loss: pass validation data "
                               "(gfe train: --val-fraction > 0), or patience=None")
+        if not self.history:
+            self.init_decoder(x_train)
         for epoch in range(len(self.history), self.config.epochs):
             if self._patience_spent():
                 break
@@ -180,6 +185,16 @@ class Trainer:
         if self.best is not None and 0 < self.history[-1].best_epoch < len(self.history):
             self._load_model_state(self.best)
         return self.history
+
+    def init_decoder(self, x_train) -> None:
+        """Initialise a decoder that starts from data (`init_from_data`) from up to
+        `INIT_SAMPLES` training samples, evenly spaced, in its output space. `fit`
+        calls it when a run begins; call it to see the decoder training starts from."""
+        init = getattr(self.decoder, "init_from_data", None)
+        if init is not None:
+            x = self._tensor(x_train)
+            rows = torch.linspace(0, len(x) - 1, min(len(x), INIT_SAMPLES), dtype=torch.float64).round().long()
+            init(loss_spec(self.config.loss).inverse_link(self._batch(x, rows)), self.weights)
 
     def _validated(self, record: EpochRecord, x_val) -> EpochRecord:
         """`record` with its validation loss and the best epoch so far; with
