@@ -4,6 +4,7 @@ and the one-line errors users get for bad input."""
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import re
 import subprocess
@@ -293,3 +294,18 @@ def test_train_defaults_agree_with_the_estimator():
         assert "gfe.GFE" in options["quiet" if name == "verbose" else name].help, name
         section = re.search(rf"^    {name} :.*?(?=^    \w)", gfe.GFE.__doc__, re.MULTILINE | re.DOTALL).group()
         assert "gfe train" in section, name
+def test_train_keeps_the_best_epoch_and_stops_early(workdir, tmp_path):
+    args = [a if a != "2" or i != 3 else "6" for i, a in enumerate(TRAIN)]  # --epochs 6
+    out = tmp_path / "run"
+    assert run("train", workdir / "images.npy", "--out", out, *args, "--patience", "1", "--lr-schedule", "cosine",
+               "--val-fraction", "0.25") == 0
+    with open(out / "history.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    best = int(rows[-1]["best_epoch"])
+    assert len(rows) == best + 1 or len(rows) == 6
+    config = json.loads((out / "config.json").read_text())["settings"]["train_config"]
+    assert config["keep_best"] is True and config["patience"] == 1 and config["lr_schedule"] == "cosine"
+    assert run("train", workdir / "images.npy", "--out", tmp_path / "last", *TRAIN, "--no-keep-best") == 0
+    assert json.loads((tmp_path / "last" / "config.json").read_text())["settings"]["train_config"]["keep_best"] is False
+    assert run("train", workdir / "images.npy", "--out", tmp_path / "bad", *TRAIN, "--patience", "2",
+               "--val-fraction", "0") == 2

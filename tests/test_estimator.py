@@ -144,7 +144,7 @@ def test_save_load_keeps_every_parameter(X, tmp_path):
     """Every constructor parameter, each set off its default, survives save and load,
     so `clone(GFE.load(d))` is the recipe of the saved model."""
     params = dict(latent_dim=3, method="gfe-nesterov", loss="bce", decoder={"type": "mlp", "hidden": [8]},
-                  feature_shape=(2, 3), epochs=2, batch_size=7, optimizer="adam", lr=1e-2,
+                  feature_shape=(2, 3), epochs=2, batch_size=7, optimizer="adam", lr=1e-2, lr_schedule="cosine",
                   encode_options={"max_steps": 10, "gtol": 1e-3}, encode_ahead=2, refine_start=True,
                   latent_penalty=0.1, latent_noise=0.05, random_state=3, verbose=True)
     defaults = GFE().get_params()

@@ -132,11 +132,11 @@ def test_a_refined_start_is_fitted_to_converged_latents(refined, digits):
     """`refine_start` refits the saved map to where the finished decoder's flows end
     for the training samples, so it starts them closer than the training fit did."""
     trainer, before = refined
-    assert trainer.start_map() is trainer.source.refined_start and before.metric is None
+    assert trainer.start_map() is trainer.source.final_start and before.metric is None
     x = torch.from_numpy(digits[0][-300:])
     converged = gfe.encode(trainer.decoder, x, z0=before, **trainer.settings()["encode"]).z
     distance = {name: float((start(x) - converged).norm(dim=1).mean()) for name, start in
-                (("before", before), ("refined", trainer.source.refined_start))}
+                (("before", before), ("refined", trainer.source.final_start))}
     assert distance["refined"] < 0.9 * distance["before"], distance
 
 
@@ -145,7 +145,7 @@ def test_a_refined_start_carries_the_curvature_where_flows_end(refined, digits, 
     definite; saved and loaded with the model; used as the BFGS rule's first metric,
     which then needs fewer evaluations for the same loss."""
     trainer, _ = refined
-    metric = trainer.source.refined_start.metric
+    metric = trainer.source.final_start.metric
     torch.testing.assert_close(metric, metric.T)
     assert float(torch.linalg.eigvalsh(metric.double()).min()) > 0
     trainer.save_model(tmp_path / "model")

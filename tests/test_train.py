@@ -164,7 +164,7 @@ def test_write_history_csv(tmp_path, images):
     with open(path, newline="") as fh:
         rows = list(csv.reader(fh))
     assert rows[0] == ["epoch", "train_loss", "val_loss", "seconds", "samples", "mean_steps", "mean_nfe",
-                       "skipped_batches"]
+                       "skipped_batches", "best_epoch"]
     assert len(rows) == 3
     for row, record in zip(rows[1:], trainer.history):
         assert int(row[0]) == record.epoch and float(row[1]) == record.train_loss
@@ -237,3 +237,85 @@ def test_building_a_trainer_leaves_the_callers_random_state_alone():
     b = Trainer(make_config("ae"), SHAPE, progress=False)
     for (name, p), q in zip(parameters(a.source.encoder).items(), parameters(b.source.encoder).values()):
         assert torch.equal(p, q), name  # and still reproducibly
+
+
+def _jumpy(**overrides):
+    """A run whose validation loss goes up and down (`noise` validates it): its best epoch is not its last."""
+    return make_config(epochs=6, lr=0.05, **overrides)
+
+
+@pytest.fixture(scope="module")
+def noise():
+    """Validation samples unlike the training images: uniform noise."""
+    return np.random.default_rng(1).uniform(size=(20, *SHAPE)).astype(np.float32)
+
+
+def _per_epoch_states(states):
+    def record(trainer, r):
+        states[r.epoch] = (parameters(trainer.decoder), trainer.start_map().weight.clone())
+    return record
+
+
+def test_the_best_validation_epoch_is_kept(images, noise):
+    states = {}
+    trainer = make_trainer(_jumpy(), callbacks=(_per_epoch_states(states),))
+    history = trainer.fit(images, noise)
+    losses = [r.val_loss for r in history]
+    best = int(np.argmin(losses)) + 1
+    assert best < len(history), losses  # else this run does not test anything
+    assert [r.best_epoch for r in history] == [int(np.argmin(losses[:i])) + 1 for i in range(1, len(history) + 1)]
+    kept, start = states[best]
+    for (name, p), q in zip(parameters(trainer.decoder).items(), kept.values()):
+        assert torch.equal(p, q), name
+    assert torch.equal(trainer.start_map().weight, start)
+    assert trainer.evaluate(noise) == pytest.approx(losses[best - 1], rel=1e-6)
+
+    last = make_trainer(_jumpy(keep_best=False))
+    last.fit(images, noise)
+    for (name, p), q in zip(parameters(last.decoder).items(), states[len(history)][0].values()):
+        assert torch.equal(p, q), name
+
+
+def test_patience_stops_the_run(images, noise):
+    history = make_trainer(_jumpy(patience=1)).fit(images, noise)
+    assert len(history) < 6 and len(history) == history[-1].best_epoch + 1
+    with pytest.raises(ConfigError, match="patience stops on the validation loss: pass validation data"):
+        make_trainer(_jumpy(patience=1)).fit(images)
+
+
+@pytest.mark.parametrize(("field", "value", "pattern"), [
+    ("patience", 0, "patience must be a positive integer"),
+    ("keep_best", "yes", "keep_best must be True or False"),
+    ("lr_schedule", "step", "lr_schedule must be one of constant, cosine"),
+])
+def test_bad_stopping_settings_are_config_errors(field, value, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize(("method", "schedule"), [("gfe-amd", "constant"), ("ae", "cosine")])
+def test_kept_best_epoch_and_patience_survive_an_interruption(tmp_path, images, noise, method, schedule):
+    config = _jumpy(method=method, patience=2, lr_schedule=schedule)
+    whole = make_trainer(config, checkpoint_dir=tmp_path / "a")
+    history = whole.fit(images, noise)
+
+    def interrupt(trainer, record):
+        if record.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        make_trainer(config, checkpoint_dir=tmp_path / "b", callbacks=(interrupt,)).fit(images, noise)
+    resumed = Trainer.resume(tmp_path / "b", progress=False)
+    assert _strip_seconds(resumed.fit(images, noise)) == _strip_seconds(history)
+    saved = [gfe.load_model(run.save_model(tmp_path / name)) for run, name in ((whole, "ma"), (resumed, "mb"))]
+    assert saved[0].config["weights_sha256"] == saved[1].config["weights_sha256"]
+
+
+def test_cosine_schedule_decays_the_learning_rate_to_zero(images):
+    seen = []
+    trainer = make_trainer(make_config(epochs=2, lr_schedule="cosine"),
+                           callbacks=(lambda t, r: seen.append(t.optimizer.param_groups[0]["lr"]),))
+    trainer.fit(images)
+    batches = 6  # per epoch
+    assert seen == pytest.approx([1e-2 * 0.5 * (1 + math.cos(math.pi * (e * batches - 1) / (2 * batches)))
+                                  for e in (1, 2)])

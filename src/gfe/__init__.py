@@ -7,13 +7,13 @@ latent space against a decoder; the decoder is trained on those latents.
 from .encode import Encoding, FlowEncoder, encode
 from .errors import ConfigError, DataError, GFEError, ModelFileError, TrainingError
 from .gradients import decoder_gradients
-from .models import Conv1dDecoder, Conv2dDecoder, MLPDecoder
+from .models import Conv1dDecoder, Conv2dDecoder, MLPDecoder, PCAMLPDecoder
 from .persist import load_model, save_model
 from .solvers import Status
 
 __all__ = [
     "ConfigError", "Conv1dDecoder", "Conv2dDecoder", "DataError", "Encoding", "FlowEncoder", "GFE",
-    "GFEError", "MLPDecoder", "ModelFileError", "Status", "TrainingError", "decoder_gradients", "encode", "load_model", "save_model",
+    "GFEError", "MLPDecoder", "ModelFileError", "PCAMLPDecoder", "Status", "TrainingError", "decoder_gradients", "encode", "load_model", "save_model",
 ]
 __version__ = "0.1.0"
 

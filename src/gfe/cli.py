@@ -37,7 +37,7 @@ def _add_train(sub) -> None:
     from .methods import METHODS
     from .models import DECODERS
     from .normalise import NORMALISATIONS
-    from .train_config import ON_NONFINITE, OPTIMIZERS, TrainConfig
+    from .train_config import LR_SCHEDULES, ON_NONFINITE, OPTIMIZERS, TrainConfig
 
     p = sub.add_parser(
         "train", help="train a decoder (GFE) or the autoencoder baseline",
@@ -53,13 +53,17 @@ def _add_train(sub) -> None:
                    help="gfe-*: decoder trained on gradient-flow latents (flow and solver in the name); "
                         "ae: the autoencoder baseline with a mirrored encoder")
     p.add_argument("--decoder", default="mlp", choices=list(DECODERS),
-                   help="decoder architecture (the MLP is the paper's: hidden 150, 300, 600, ELU)")
+                   help="decoder architecture (the MLP is the paper's: hidden 150, 300, 600, ELU; pca-mlp starts "
+                        "from a PCA of the training data, for nearly linear data such as spectra)")
     p.add_argument("--latent-dim", type=int, default=TrainConfig.latent_dim, help="size of each latent vector")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="passes over the training samples")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="samples per decoder update")
     p.add_argument("--optimizer", default=TrainConfig.optimizer, choices=list(OPTIMIZERS),
                    help="optimizer of the decoder's weights")
     p.add_argument("--lr", type=float, default=TrainConfig.lr, help="learning rate")
+    p.add_argument("--lr-schedule", default=TrainConfig.lr_schedule, choices=list(LR_SCHEDULES),
+                   help="cosine: lower the learning rate from --lr to 0 over the run, batch by batch, so the "
+                        "decoder settles at the end instead of jittering about its minimum")
     p.add_argument("--loss", default=TrainConfig.loss, choices=list(LOSSES),
                    help="bce for data in [0, 1] (the paper's protocol, on images; gfe.GFE defaults to mse "
                         "instead, as it meets arbitrary real arrays), mse for real values, poisson for counts")
@@ -74,6 +78,10 @@ def _add_train(sub) -> None:
                    help="per-feature loss weights (.npy, .csv...; one per feature, 0 masks a feature), recorded "
                         "in the model and used again when encoding")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of DATA held out for validation")
+    p.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=TrainConfig.keep_best,
+                   help="save the epoch of lowest validation loss (history.csv: best_epoch), not the last")
+    p.add_argument("--patience", type=int, default=TrainConfig.patience, metavar="EPOCHS",
+                   help="stop once the validation loss has not improved for EPOCHS epochs")
     p.add_argument("--seed", type=int, default=TrainConfig.seed,
                    help="seeds the initial weights, the validation split, the data order and --latent-noise")
     p.add_argument("--encode-options", type=json_dict, default=None,

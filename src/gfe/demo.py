@@ -32,8 +32,9 @@ EPOCHS = 15
 
 
 def _train(method: str, x_train, x_val, seed: int) -> Trainer:
+    # x_val is the test set here: it reports each epoch, it does not choose one (keep_best=False)
     config = TrainConfig(method=method, latent_dim=LATENT_DIM, epochs=EPOCHS, batch_size=16, optimizer="adam",
-                         lr=2e-3, seed=seed)
+                         lr=2e-3, seed=seed, keep_best=False)
     torch.manual_seed(seed)
     decoder = MLPDecoder(LATENT_DIM, x_train.shape[1:], hidden=HIDDEN)
     trainer = Trainer(config, x_train.shape[1:], decoder=decoder, progress=False)

@@ -57,16 +57,19 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     decoder : None, str or dict, default=None
         None for the paper's MLP (hidden 150, 300, 600, ELU), as
         ``gfe train --decoder mlp``; a registered type
-        ("mlp", "conv1d", "conv2d"); or a config dict of its constructor
+        ("mlp", "pca-mlp", "conv1d", "conv2d"); or a config dict of its constructor
         arguments, e.g. ``{"type": "mlp", "hidden": [64]}``. GFE fills in
-        latent_dim and out_shape.
+        latent_dim and out_shape. "pca-mlp" starts from a PCA of X (for nearly
+        linear data such as spectra).
     feature_shape : tuple of int, default=None
         The shape the decoder sees for each row of X, e.g. (C, L) for "conv1d"
         or (H, W) for "conv2d". Its product must be n_features; None keeps rows
         flat. X, transform's input and inverse_transform's output stay 2-D.
-    epochs, batch_size, optimizer, lr : training settings of `TrainConfig`
+    epochs, batch_size, optimizer, lr, lr_schedule : training settings of `TrainConfig`
         The defaults are the trainer's and `gfe train`'s (the paper's MNIST
-        run: one pass, batches of 5, RMSprop at 5e-4).
+        run: one pass, batches of 5, RMSprop at a constant 5e-4). `fit` has no
+        validation data, so it trains every epoch and keeps the last
+        (`gfe.train.Trainer` keeps the best validation epoch and stops early).
     encode_options : dict, default=None
         Options for the flow, used in training and in transform, e.g.
         ``{"max_steps": 200, "gtol": 1e-4}`` (see `gfe.encode`).
@@ -155,6 +158,7 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         batch_size=TrainConfig.batch_size,
         optimizer=TrainConfig.optimizer,
         lr=TrainConfig.lr,
+        lr_schedule=TrainConfig.lr_schedule,
         encode_options=None,
         encode_ahead=TrainConfig.encode_ahead,
         refine_start=False,
@@ -172,6 +176,7 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
         self.optimizer = optimizer
         self.lr = lr
+        self.lr_schedule = lr_schedule
         self.encode_options = encode_options
         self.encode_ahead = encode_ahead
         self.refine_start = refine_start
@@ -206,8 +211,9 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.start_ = trainer.start_map()
         self._settings = trainer.settings()
         self.n_iter_ = len(trainer.history)
-        # fit has no validation data, so each record's val_loss is NaN: leave it out.
-        self.history_ = [{k: v for k, v in asdict(r).items() if k != "val_loss"} for r in trainer.history]
+        # fit has no validation data, so each record's val_loss is NaN and best_epoch 0: leave them out.
+        self.history_ = [{k: v for k, v in asdict(r).items() if k not in ("val_loss", "best_epoch")}
+                         for r in trainer.history]
         encoding = self._encode(X)
         self.reconstruction_err_ = float(encoding.loss.mean())
         self.encode_stats_ = encoding.summary()
@@ -228,6 +234,7 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         return TrainConfig(
             method=self.method, latent_dim=_plain(self.latent_dim), epochs=_plain(self.epochs),
             batch_size=_plain(self.batch_size), optimizer=self.optimizer, lr=_plain(self.lr),
+            lr_schedule=self.lr_schedule,
             loss=self.loss, seed=self._seed(), encode_options=dict(options), eval_options=dict(options),
             encode_ahead=_plain(self.encode_ahead), latent_penalty=_plain(self.latent_penalty),
             latent_noise=_plain(self.latent_noise))

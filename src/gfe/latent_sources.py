@@ -69,6 +69,10 @@ class EncoderLatents:
         """Take the encoder's weights from a checkpoint's model."""
         self.encoder.load_state_dict(loaded.encoder.state_dict())
 
+    def load_saved(self, states: dict) -> None:
+        """Take the encoder's weights from states of `saved_modules()` (a kept best epoch)."""
+        self.encoder.load_state_dict(states["encoder"])
+
 
 class FlowLatents:
     """GFE: latents from the gradient flow against the decoder being trained, from a
@@ -81,7 +85,7 @@ class FlowLatents:
         shape = tuple(decoder.out_shape)
         learn = config.start == "learned" and can_learn_start(shape)
         self.start_fit = RidgeFit(shape, config.latent_dim) if learn else None
-        self.refined_start: RidgeStart | None = None  # set by `refine`
+        self.final_start: RidgeStart | None = None  # set by `refine` or `load_saved`
         self.update_penalty = (None, 0.0)
         self.exact_gradients = config.gradient != "approx"
 
@@ -133,11 +137,18 @@ class FlowLatents:
     def saved_modules(self) -> dict:
         return {"start": self.start_map()}
 
+    def load_saved(self, states: dict) -> None:
+        """Carry the start map in states of `saved_modules()` (a kept best epoch) instead of the training fit's."""
+        if "start" in states:
+            self.final_start = RidgeStart(tuple(self.decoder.out_shape), self.decoder.latent_dim)
+            self.final_start.load_state_dict(states["start"])
+
     def start_map(self) -> RidgeStart | None:
-        """The start map a saved model carries: the one `refine` fitted, else the
-        training fit solved from all its statistics; None when training starts at 0."""
-        if self.refined_start is not None:
-            return self.refined_start
+        """The start map a saved model carries: the one `refine` fitted or a kept
+        best epoch's, else the training fit solved from all its statistics; None
+        when training starts at 0."""
+        if self.final_start is not None:
+            return self.final_start
         return None if self.start_fit is None else self.start_fit.fitted()
 
     def check_refine(self) -> None:
@@ -157,7 +168,7 @@ class FlowLatents:
         self.check_refine()
         shape, d = tuple(self.decoder.out_shape), self.decoder.latent_dim
         fit = RidgeFit(shape, d, memory=math.inf, penalty=self.start_fit.penalty, refit_every=total + 1)
-        first = self.start_fit.fitted()
+        first = self.start_map()
         hessian, counted = 0.0, 0
         with tqdm(total=total, desc="refining the start map", unit="sample", disable=not progress,
                   leave=False) as bar:
@@ -172,7 +183,7 @@ class FlowLatents:
         refined = RidgeStart(shape, d, curvature=True)
         refined.weight.copy_(fit.solution())
         refined.metric.copy_(metric_from_hessian(hessian / max(counted, 1)))
-        self.refined_start = refined
+        self.final_start = refined
         return refined
 
 

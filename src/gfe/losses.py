@@ -24,7 +24,9 @@ class LossSpec:
     output, e.g. logits); `link(output)` maps raw output to data space (the
     reconstruction users see); `data_error(low, high)` says why data with that range
     do not suit the loss (None when they do); `scalable` is False for losses of raw
-    counts, which per-sample normalisation would turn into non-counts."""
+    counts, which per-sample normalisation would turn into non-counts;
+    `inverse_link(x)` maps data to raw output, finite at the data's bounds: what a
+    decoder initialised from data (`PCAMLPDecoder.init_from_data`) fits."""
 
     name: str
     elementwise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -32,6 +34,7 @@ class LossSpec:
     data_error: Callable[[float, float], str | None] = lambda low, high: None
     scalable: bool = True
     summary: str = ""
+    inverse_link: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
 
 
 LOSSES: dict[str, LossSpec] = {}
@@ -62,13 +65,15 @@ def _poisson_data_error(low: float, high: float) -> str | None:
     return f"the poisson loss needs non-negative counts; got min {low:g}" if low < 0 else None
 
 
-register_loss(LossSpec(
+register_loss(LossSpec(  # logits of data clipped to [0.01, 0.99]: 0 and 1 map to -4.6 and 4.6
     "bce", lambda output, x: F.binary_cross_entropy_with_logits(output, x, reduction="none"), torch.sigmoid,
-    _bce_data_error, summary="binary cross-entropy for data in [0, 1]; the decoder gives logits"))
+    _bce_data_error, summary="binary cross-entropy for data in [0, 1]; the decoder gives logits",
+    inverse_link=lambda x: torch.logit(x.clamp(0.01, 0.99))))
 register_loss(LossSpec("mse", lambda output, x: (output - x).square(), summary="mean squared error for real values"))
-register_loss(LossSpec(  # the x-only term log(x!) is dropped
+register_loss(LossSpec(  # the x-only term log(x!) is dropped; log(x + 0.5) keeps zero counts finite
     "poisson", lambda output, x: output.exp() - x * output, torch.exp, _poisson_data_error, scalable=False,
-    summary="Poisson negative log-likelihood for counts; the decoder gives log-rates"))
+    summary="Poisson negative log-likelihood for counts; the decoder gives log-rates",
+    inverse_link=lambda x: torch.log(x + 0.5)))
 
 
 def link(name: str, output: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ from .encode import as_weights, threads_for_rows
 from .errors import ConfigError, ModelFileError, TrainingError
 from .gradients import flow_gradients
 from .latent_sources import FlowLatents, latent_source
-from .losses import Loss
+from .losses import Loss, loss_spec
 from .models import default_decoder
 from .persist import atomic_path, load_model, save_model
 from .samples import SampleRows, validate_data
@@ -41,6 +41,7 @@ from .train_config import OPTIMIZERS, EpochRecord, TrainConfig
 
 REFINE_CHUNK = 1024  # samples per flow call in `Trainer.refine_start`
 REFINE_SAMPLES = 2000  # training samples `Trainer.refine_start` encodes by default
+INIT_SAMPLES = 4096  # training samples, evenly spaced, a decoder's `init_from_data` sees
 
 
 class Trainer:
@@ -54,7 +55,9 @@ class Trainer:
     `weights` (the feature shape; zeros mask features out, e.g. detector gaps)
     weigh the loss in the flow, in the decoder's updates and in `evaluate`.
     `fit` and `evaluate` take arrays, or `gfe.samples.SampleRows` for samples read
-    from disk a batch at a time.
+    from disk a batch at a time. A decoder with an `init_from_data(targets, weights)`
+    method (`gfe.models.PCAMLPDecoder`) is initialised from the training samples
+    when a run begins (not on resume: the checkpoint carries those weights).
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class Trainer:
         self.callbacks = callbacks
         self.progress = progress
         self.history: list[EpochRecord] = []
+        self.best: dict | None = None  # the model state of epoch `history[-1].best_epoch` (keep_best)
         # (epoch, samples encoded, flow steps, decoder evaluations) of each batch
         # this process trained on since it started (not checkpointed): how encoding
         # cost evolves as the decoder learns
@@ -154,21 +158,71 @@ class Trainer:
 
     # ---------------------------------------------------------------- training
     def fit(self, x_train, x_val=None) -> list[EpochRecord]:
-        """Train for the remaining epochs of `config.epochs` and return the history."""
+        """Train for the remaining epochs of `config.epochs` (fewer once `patience`
+        stops the run) and return the history. With `keep_best` and validation
+        data, the decoder and start map are then those of the best epoch; the
+        checkpoint holds the last epoch's, which `Trainer.resume` continues from."""
         x_train = self._tensor(x_train)
         x_val = None if x_val is None else self._tensor(x_val)
+        if self.config.patience is not None and x_val is None:
+            raise ConfigError("patience stops on the validation loss: pass validation data "
+                              "(gfe train: --val-fraction > 0), or patience=None")
+        if not self.history:
+            self.init_decoder(x_train)
         for epoch in range(len(self.history), self.config.epochs):
+            if self._patience_spent():
+                break
             with threads_for_rows(self.config.batch_size * self.config.encode_ahead):
                 record = self._epoch(epoch, x_train)
             if x_val is not None:
-                record = replace(record, val_loss=self.evaluate(x_val))
+                record = self._validated(record, x_val)
             self.history.append(record)
             if self.checkpoint_dir is not None and self.replicas.is_writer:
                 self.save_checkpoint(self.checkpoint_dir)
             self.replicas.barrier()  # no replica runs ahead of the last complete checkpoint
             for callback in self.callbacks:
                 callback(self, record)
+        if self.best is not None and 0 < self.history[-1].best_epoch < len(self.history):
+            self._load_model_state(self.best)
         return self.history
+
+    def init_decoder(self, x_train) -> None:
+        """Initialise a decoder that starts from data (`init_from_data`) from up to
+        `INIT_SAMPLES` training samples, evenly spaced, in its output space. `fit`
+        calls it when a run begins; call it to see the decoder training starts from."""
+        init = getattr(self.decoder, "init_from_data", None)
+        if init is not None:
+            x = self._tensor(x_train)
+            rows = torch.linspace(0, len(x) - 1, min(len(x), INIT_SAMPLES), dtype=torch.float64).round().long()
+            init(loss_spec(self.config.loss).inverse_link(self._batch(x, rows)), self.weights)
+
+    def _validated(self, record: EpochRecord, x_val) -> EpochRecord:
+        """`record` with its validation loss and the best epoch so far; with
+        `keep_best`, a new best epoch's model state is kept (and checkpointed)."""
+        val_loss = self.evaluate(x_val)
+        best = self.history[-1].best_epoch if self.history else 0
+        if math.isfinite(val_loss) and (best == 0 or val_loss < self.history[best - 1].val_loss):
+            best = record.epoch
+            if self.config.keep_best:
+                self.best = self._model_state()
+        return replace(record, val_loss=val_loss, best_epoch=best)
+
+    def _patience_spent(self) -> bool:
+        """Whether `patience` epochs have passed without a better validation loss."""
+        patience = self.config.patience
+        if patience is None or not self.history:
+            return False
+        return len(self.history) - self.history[-1].best_epoch >= patience
+
+    def _model_state(self) -> dict:
+        """Copies of what a saved model holds: the decoder's and the source's modules' weights."""
+        modules = {"decoder": self.decoder, **self.source.saved_modules()}
+        return {part: {name: t.detach().clone() for name, t in module.state_dict().items()}
+                for part, module in modules.items() if module is not None}
+
+    def _load_model_state(self, state: dict) -> None:
+        self.decoder.load_state_dict(state["decoder"])
+        self.source.load_saved(state)
 
     def _epoch(self, epoch: int, x: torch.Tensor) -> EpochRecord:
         order = torch.from_numpy(np.random.default_rng([self.config.seed, epoch]).permutation(len(x)))
@@ -206,6 +260,7 @@ class Trainer:
                     continue
                 if summed.requires_grad:
                     (summed * self.replicas.loss_scale(len(xb))).backward()
+                self._schedule_lr((epoch * len(batches) + batch - 1) / (self.config.epochs * len(batches)))
                 self.optimizer.step()
                 total += float(summed.detach())
                 used += len(xb)
@@ -215,6 +270,12 @@ class Trainer:
         seconds = time.perf_counter() - start
         train_loss = total / used if used else math.nan
         return EpochRecord(epoch + 1, train_loss, math.nan, seconds, len(x), steps / len(x), nfe / len(x), skipped)
+
+    def _schedule_lr(self, progress: float) -> None:
+        """Set each parameter group's learning rate for the update at `progress` (0 to 1) through the run."""
+        if self.config.lr_schedule == "cosine":
+            for group in self.optimizer.param_groups:  # "initial_lr" as torch's schedulers keep it
+                group["lr"] = group.setdefault("initial_lr", group["lr"]) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def _latents_ahead(self, mines: list[torch.Tensor]) -> list[tuple[torch.Tensor, int, int]]:
         """Training latents of consecutive batches, encoded in one call (`encode_ahead`),
@@ -260,14 +321,15 @@ class Trainer:
 
     def save_checkpoint(self, directory) -> Path:
         """Write epoch `len(history)`'s checkpoint and point `latest.json` at it."""
+        best = {} if self.best is None else {"best": self.best}
         return write_checkpoint(directory, len(self.history), self.save_model,
-                                {"optimizer": self.optimizer.state_dict(), **self.source.state},
+                                {"optimizer": self.optimizer.state_dict(), **self.source.state, **best},
                                 {"history": [asdict(r) for r in self.history]})
 
     @classmethod
     def resume(cls, directory, **kwargs) -> "Trainer":
         """Rebuild a trainer from the last complete checkpoint in `directory`."""
-        target, states, records = read_checkpoint(directory, ("optimizer", "start"))
+        target, states, records = read_checkpoint(directory, ("optimizer", "start", "best"))
         loaded = load_model(target)
         try:
             config = TrainConfig(**loaded.settings["train_config"])
@@ -281,7 +343,7 @@ class Trainer:
             trainer.source.restore(loaded, states)
         except (ConfigError, KeyError, TypeError) as err:  # consistent digests, inconsistent content
             raise ModelFileError(f"checkpoint {target} holds unusable learned-start statistics: {err}") from err
-        trainer.history = history
+        trainer.history, trainer.best = history, states.get("best")
         return trainer
 
     def write_history_csv(self, path) -> None:

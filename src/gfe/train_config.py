@@ -16,6 +16,7 @@ from .start import START_MODES
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
 ON_NONFINITE = ("stop", "skip")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -41,7 +42,14 @@ class TrainConfig:
     decoder on `z + σ·ε` instead of `z` (ε standard normal, seeded by seed, epoch
     and batch, so resume and DDP replay it): a decoder smooth at that scale, whose
     latents a linear model reads better (docs/spectra.md). Together they are the
-    deterministic analogue of a VAE's prior and posterior noise."""
+    deterministic analogue of a VAE's prior and posterior noise. With validation
+    data, `keep_best` makes the model `fit` ends with (and saves) the epoch of
+    lowest validation loss rather than the last (`EpochRecord.best_epoch`), and
+    `patience` stops the run once validation has not improved for that many
+    epochs (it needs validation data). `lr_schedule="cosine"` lowers the learning
+    rate from `lr` to 0 along half a cosine over the run's `epochs` (batch by
+    batch), so the last updates are small and the decoder settles instead of
+    jittering about its minimum."""
 
     method: str = "gfe-amd"
     latent_dim: int = 20
@@ -59,6 +67,9 @@ class TrainConfig:
     encode_ahead: int = 1
     latent_penalty: float = 0.0
     latent_noise: float = 0.0
+    keep_best: bool = True
+    patience: int | None = None
+    lr_schedule: str = "constant"
 
     def __post_init__(self):
         method_spec(self.method)
@@ -68,6 +79,11 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer; got {value!r}")
+        if not isinstance(self.keep_best, bool):
+            raise ConfigError(f"keep_best must be True or False; got {self.keep_best!r}")
+        if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(self.patience, int)
+                                          or self.patience < 1):
+            raise ConfigError(f"patience must be a positive integer (epochs) or None; got {self.patience!r}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0; got {self.lr}")
         for name in ("latent_penalty", "latent_noise"):
@@ -79,6 +95,8 @@ class TrainConfig:
                               "differentiates the decoder at the converged latents themselves")
         if self.on_nonfinite not in ON_NONFINITE:
             raise ConfigError(f"on_nonfinite must be one of {', '.join(ON_NONFINITE)}; got {self.on_nonfinite!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {self.lr_schedule!r}")
         if self.start not in START_MODES:
             raise ConfigError(f"start must be one of {', '.join(START_MODES)}; got {self.start!r}")
         Loss(self.loss)  # validates the name
@@ -118,3 +136,4 @@ class EpochRecord:
     mean_steps: float
     mean_nfe: float
     skipped_batches: int = 0
+    best_epoch: int = 0  # the epoch of lowest validation loss so far; 0 without validation
