@@ -89,6 +89,12 @@ def _add_train(sub) -> None:
     p.add_argument("--normalise", default="none", choices=list(NORMALISATIONS),
                    help="mean: divide each sample by its mean (over the mask of an INS spectra file), recorded "
                         "in the model so encode and decode apply and undo it (not with --loss poisson)")
+    p.add_argument("--standardise", action="store_true",
+                   help="then (after --normalise) subtract each feature's mean and divide by its standard "
+                        "deviation, both over the training samples, not the validation ones (a deviation under 1e-6 "
+                        "of the largest, as a constant or masked channel's, is raised to that floor); kept in the "
+                        "model so encode and plot apply them and decode gives reconstructions in the data's units. "
+                        "For spectra whose channels differ in scale; needs --loss mse")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of DATA held out for validation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--encode-options", type=_json_dict, default={},
@@ -145,8 +151,8 @@ def _train(args) -> None:
     config = TrainConfig(**{f.name: options[f.name] for f in dataclasses.fields(TrainConfig) if f.name in options})
     with process_group() as replicas:
         train_model(args.data, args.out, config, key=args.key, decoder=args.decoder, val_fraction=args.val_fraction,
-                    normalise=args.normalise, resume=args.resume, quiet=args.quiet, tensorboard=args.tensorboard,
-                    refine_start=args.refine_start, lazy=args.lazy, replicas=replicas)
+                    normalise=args.normalise, standardise=args.standardise, resume=args.resume, quiet=args.quiet,
+                    tensorboard=args.tensorboard, refine_start=args.refine_start, lazy=args.lazy, replicas=replicas)
 
 
 def _add_encode(sub) -> None:

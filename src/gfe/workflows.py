@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import LATEST
-from .data import load_dataset, open_samples
+from .data import open_samples
 from .distributed import Replicas
 from .encode import Encoding, as_weights
 from .encode_settings import EncodeSettings
@@ -30,10 +30,10 @@ from .ins.io import Grid, SpectraDataset, check_same_grid, grid_of
 from .latents import latents_path, latents_writer, provenance, read_latents, read_scale
 from .losses import Loss, link
 from .models import DECODERS
-from .normalise import check_normalisation
+from .normalise import Standardisation, check_normalisation, check_standardisation
 from .normalise import normalise as normalise_samples
 from .persist import atomic_path, file_sha256, load_model
-from .samples import SampleRows, Samples, rows_named, split, validate_data
+from .samples import SampleRows, Samples, row_chunks, rows_named, split, validate_data
 from .solvers import Status
 from .tensorboard_log import TensorBoardLog
 from .train import REFINE_SAMPLES, Trainer
@@ -48,8 +48,9 @@ def _say(quiet: bool, text: str) -> None:
 
 
 def train_model(data, out, config: TrainConfig, *, key=None, decoder: str = "mlp", val_fraction: float = 0.1,
-                normalise: str = "none", resume: bool = False, quiet: bool = False, tensorboard=None,
-                refine_start: bool = False, lazy: bool = False, replicas: Replicas = Replicas()) -> Trainer:
+                normalise: str = "none", standardise: bool = False, resume: bool = False, quiet: bool = False,
+                tensorboard=None, refine_start: bool = False, lazy: bool = False,
+                replicas: Replicas = Replicas()) -> Trainer:
     """Train on the samples in `data` as `config` says and write the model directory `out`.
 
     `decoder` names a registered architecture (`gfe.models.DECODERS`). Checkpoints go
@@ -61,7 +62,10 @@ def train_model(data, out, config: TrainConfig, *, key=None, decoder: str = "mlp
     are split across the processes and only rank 0 writes files and reports. An INS
     spectra file's mask weighs the loss, and its grid is recorded so that encoding
     data on another grid is refused; `normalise` ("none" or "mean", per sample) is
-    recorded too and applied again when encoding. With `lazy`, .npy and HDF5 samples
+    recorded too and applied again when encoding. With `standardise`, each feature
+    is then centred and scaled by its mean and standard deviation over the training
+    samples (not the validation ones), which the model keeps to apply again when
+    encoding and to undo when decoding. With `lazy`, .npy and HDF5 samples
     stay on disk and each batch is read as it is needed (after one pass that checks
     them all), for data larger than memory; the run is the same, bit for bit. With
     `refine_start`, the saved start map is refitted on converged latents of the
@@ -72,12 +76,14 @@ def train_model(data, out, config: TrainConfig, *, key=None, decoder: str = "mlp
     if not 0 <= val_fraction < 1:
         raise ConfigError(f"val_fraction must be in [0, 1); got {val_fraction}")
     check_normalisation(normalise, config.loss)
+    if standardise:
+        check_standardisation(config.loss)
     out = Path(out)
     quiet = quiet or not replicas.is_writer
     with contextlib.ExitStack() as stack:  # holds the data file open while training reads it
         samples = stack.enter_context(open_samples(data, key))
         inputs = ModelInput(samples, normalise, getattr(samples.on_disk, "mask", None), config.loss)
-        x_train, x_val = _training_rows(inputs, val_fraction, config.seed, lazy)
+        inputs, x_train, x_val = _training_rows(inputs, val_fraction, config.seed, lazy, standardise)
         trainer = _trainer(out / CHECKPOINTS, config, decoder, inputs, resume, quiet, replicas)
         if refine_start:  # refused before training, not after
             trainer.check_refine_start()
@@ -91,14 +97,25 @@ def train_model(data, out, config: TrainConfig, *, key=None, decoder: str = "mlp
                         "training samples")
             trainer.refine_start(x_train)
     if replicas.is_writer:
-        _save_trained(trainer, out, data, samples.on_disk, normalise)
+        _save_trained(trainer, out, data, inputs)
         _say(quiet, f"model written to {out}")
     return trainer
 
 
-def _training_rows(inputs: ModelInput, val_fraction: float, seed: int, lazy: bool):
-    """Training and validation samples, prepared as the model will see them (checked
-    and normalised); with `lazy`, rows on disk read a batch at a time."""
+def _training_rows(inputs: ModelInput, val_fraction: float, seed: int, lazy: bool, standardise: bool):
+    """`(inputs, training samples, validation samples)`, the samples prepared as
+    the model will see them by `inputs`; with `standardise`, those inputs carry
+    the standardisation fitted on the training samples alone."""
+    x_train, x_val = _split_rows(inputs, val_fraction, seed, lazy)
+    if not standardise:
+        return inputs, x_train, x_val
+    inputs = dataclasses.replace(inputs, standardised=Standardisation.fit(row_chunks(x_train)))
+    return inputs, *_split_rows(inputs, val_fraction, seed, lazy)
+
+
+def _split_rows(inputs: ModelInput, val_fraction: float, seed: int, lazy: bool):
+    """Training and validation samples, checked and prepared by `inputs`; with
+    `lazy`, rows on disk read a batch at a time."""
 
     def prepare(raw: np.ndarray) -> np.ndarray:
         return validate_data(inputs.prepare(raw)[0], loss=inputs.loss)
@@ -145,12 +162,15 @@ def _reporter(quiet: bool):
     return report
 
 
-def _save_trained(trainer: Trainer, out: Path, data, dataset, normalise: str) -> None:
+def _save_trained(trainer: Trainer, out: Path, data, inputs: ModelInput) -> None:
     """The model directory with how its data were read and prepared, and the history."""
+    dataset, standardised = inputs.samples.on_disk, inputs.standardised
     grid = grid_of(dataset).to_record() if isinstance(dataset, SpectraDataset) else None
     trainer.save_model(out, extra_settings={"data": str(data), "scaling": dataset.scaling,
-                                            "feature_shape": list(trainer.decoder.out_shape), "normalise": normalise,
-                                            "grid": grid})
+                                            "feature_shape": list(trainer.decoder.out_shape),
+                                            "normalise": inputs.normalise, "standardise": standardised is not None,
+                                            "grid": grid},
+                       arrays=None if standardised is None else standardised.arrays())
     trainer.write_history_csv(out / "history.csv")
 
 
@@ -167,16 +187,20 @@ def encode_samples(loaded, x: np.ndarray, settings: EncodeSettings, *, progress:
 class ModelInput:
     """Samples on their way into a model, prepared as it was trained on them:
     checked for `loss`, normalised per sample (`normalise`, over the `mask`'s
-    pixels), a chunk at a time."""
+    pixels), then standardised per feature (`standardised`), a chunk at a time.
+    `reconstruct` undoes it."""
 
     samples: Samples
     normalise: str
     mask: np.ndarray | None
     loss: str | None
+    standardised: Standardisation | None = None
 
     def prepare(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """`(x, scale)` of raw samples; `scale` is None without normalisation."""
         x, scale = normalise_samples(validate_data(raw, loss=self.loss), self.normalise, self.mask)
+        if self.standardised is not None:
+            x = self.standardised.apply(x)
         return x, None if self.normalise == "none" else scale
 
     def chunks(self, rows: int, start: int = 0, stop: int | None = None) -> Iterator[tuple]:
@@ -188,13 +212,20 @@ class ModelInput:
 
 def model_input(loaded, samples: Samples, settings: EncodeSettings) -> ModelInput:
     """`samples` as `loaded` was trained on them: the same grid (else a
-    `DataError`), its normalisation and the spectra's mask."""
+    `DataError`), its normalisation and standardisation, and the spectra's mask."""
     dataset = samples.on_disk
     grid = loaded.settings.get("grid")
     if grid is not None and isinstance(dataset, SpectraDataset):
         check_same_grid(Grid.from_record(grid), dataset, names=("the model's training spectra", dataset.name))
     return ModelInput(samples, loaded.settings.get("normalise", "none"), getattr(dataset, "mask", None),
-                      settings.loss)
+                      settings.loss, standardisation(loaded))
+
+
+def standardisation(loaded) -> Standardisation | None:
+    """The per-feature standardisation `loaded` was trained with; None for models without one."""
+    if not loaded.settings.get("standardise", False):
+        return None
+    return Standardisation.from_arrays(loaded.arrays, loaded.decoder.out_shape)
 
 
 def encoding_provenance(loaded, settings: EncodeSettings, data) -> dict:
@@ -280,13 +311,20 @@ def _encode_with_encoder(loaded, x: np.ndarray, loss_name: str, weights=None) ->
     return Encoding(z, loss, zeros, zeros, torch.full((n,), int(Status.CONVERGED)), torch.zeros(n, dtype=torch.float64))
 
 
-def reconstruct(loaded, z) -> np.ndarray:
-    """Reconstructions in data space of latents `z`: the decoder's output through
-    the loss's link (probabilities for bce, rates for poisson)."""
+def reconstruct(loaded, z, scale: np.ndarray | None = None) -> np.ndarray:
+    """Reconstructions of latents `z` in the data's units: the decoder's output
+    through the loss's link (probabilities for bce, rates for poisson), with what
+    `ModelInput.prepare` did undone in reverse: the model's standardisation, then
+    the per-sample normalisation `scale` the latents were encoded with (None: none)."""
     with torch.no_grad():
         out = link(loaded.settings.get("encode", {}).get("loss", "bce"),
-                   loaded.decoder(torch.from_numpy(np.asarray(z, dtype=np.float32))))
-    return out.numpy()
+                   loaded.decoder(torch.from_numpy(np.asarray(z, dtype=np.float32)))).numpy()
+    standardised = standardisation(loaded)
+    if standardised is not None:
+        out = standardised.undo(out)
+    if scale is not None:
+        out = out * scale.reshape(-1, *([1] * (out.ndim - 1)))
+    return out
 
 
 def decode_file(model, latents, output, *, quiet=False) -> np.ndarray:
@@ -306,9 +344,7 @@ def decode_file(model, latents, output, *, quiet=False) -> np.ndarray:
         raise DataError(f"{latents} holds {z.shape[1]}-dimensional latents; {model} expects {latent_dim}")
     if not np.isfinite(z).all():
         raise DataError(f"{latents} holds non-finite latents")
-    recon = reconstruct(loaded, z)
-    if scale is not None:  # undo the per-sample normalisation applied when encoding
-        recon = recon * scale.reshape(-1, *([1] * (recon.ndim - 1)))
+    recon = reconstruct(loaded, z, scale)
     output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(output) as tmp:
         np.save(tmp, recon)
@@ -332,21 +368,27 @@ def read_history(model) -> dict[str, np.ndarray] | None:
 
 def plot_model(model, data, out, *, key=None, samples=500, show=8, quiet=False) -> list[Path]:
     """Write the figures of a trained model to the folder `out`: reconstructions
-    of the first `show` samples of `data` beside the originals, the training
-    curves (when the model has a history), and its first `samples` latents on
-    their principal axes coloured by loss. Returns the paths written."""
+    of the first `show` samples of `data` beside the originals, in the data's
+    units, the training curves (when the model has a history), and its first
+    `samples` latents on their principal axes coloured by loss. Returns the
+    paths written."""
     from . import plots
 
     if samples < 1 or show < 1:
         raise ConfigError(f"samples and show must be positive; got {samples} and {show}")
     loaded = load_model(model)
-    x = load_dataset(data, key).x[:samples]
-    encoding = encode_samples(loaded, x, EncodeSettings.of_model(loaded), progress=not quiet)
+    settings = EncodeSettings.of_model(loaded)
+    with open_samples(data, key) as source:
+        inputs = model_input(loaded, source, settings)
+        raw = source.read(slice(0, samples))
+        x, scale = inputs.prepare(raw)
+    encoding = encode_samples(loaded, x, settings, progress=not quiet, weights=inputs.mask)
     z = encoding.z.detach().numpy()
     name = Path(model).name
     out = Path(out)
-    written = [plots.plot_reconstructions(x, {"reconstructed": reconstruct(loaded, z[:show])},
-                                          out / "reconstructions.png", n=show, title=f"{name}: samples of {data} and their reconstructions")]
+    recon = reconstruct(loaded, z[:show], None if scale is None else scale[:show])
+    written = [plots.plot_reconstructions(raw, {"reconstructed": recon}, out / "reconstructions.png", n=show,
+                                          title=f"{name}: samples of {data} and their reconstructions")]
     history = read_history(model)
     if history is not None:
         written.append(plots.plot_history(history, out / "training.png", title=f"{name}: training"))
