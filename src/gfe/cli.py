@@ -237,16 +237,19 @@ def _decode(args) -> None:
 def _add_plot(sub) -> None:
     p = sub.add_parser(
         "plot", help="figures of a trained model: reconstructions, training curves, latent space",
-        description="Encode the first samples of DATA with MODEL and write into OUT: reconstructions.png "
-                    "(originals above their reconstructions: images as images, spectra as lines, 2-D maps as "
-                    "colour maps), training.png (loss and flow steps per epoch, from the model's history) and "
-                    "latents.png (the latents on their two principal axes, coloured by each sample's loss).",
+        description="Encode the first --show samples of DATA and --samples more spread over it with MODEL and "
+                    "write into OUT: reconstructions.png (in the data's units: each spectrum overlaid with its "
+                    "reconstruction and the residual below; images and 2-D maps above their reconstructions), "
+                    "training.png (loss and flow steps per epoch, from the model's history) and latents.png "
+                    "(the latents on their two principal axes, coloured by each sample's loss).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", type=Path, help="model directory written by 'gfe train'")
     p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--out", required=True, type=Path, help="folder for the PNG files")
     p.add_argument("--key", help="array name in an .npz or dataset path in an HDF5 file")
-    p.add_argument("--samples", type=int, default=500, help="samples encoded for the latent-space view")
+    p.add_argument("--samples", type=int, default=100,
+                   help="samples, spread evenly over DATA, encoded for the latent-space view (encoding time grows "
+                        "with it)")
     p.add_argument("--show", type=int, default=8, help="samples shown with their reconstructions")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(run=_plot)

@@ -366,11 +366,13 @@ def read_history(model) -> dict[str, np.ndarray] | None:
     return {name: np.array([float(row[name]) for row in rows]) for name in rows[0]}
 
 
-def plot_model(model, data, out, *, key=None, samples=500, show=8, quiet=False) -> list[Path]:
-    """Write the figures of a trained model to the folder `out`: reconstructions
-    of the first `show` samples of `data` beside the originals, in the data's
-    units, the training curves (when the model has a history), and its first
-    `samples` latents on their principal axes coloured by loss. Returns the
+def plot_model(model, data, out, *, key=None, samples=100, show=8, quiet=False) -> list[Path]:
+    """Write the figures of a trained model to the folder `out`: the first `show`
+    samples of `data` with their reconstructions in the data's units (spectra
+    overlaid, with residuals), the training curves (when the model has a
+    history), and the latents of `samples` samples spread evenly over `data` on
+    their principal axes, coloured by loss. Only those samples are read and
+    encoded, so the figures take seconds however large `data` is. Returns the
     paths written."""
     from . import plots
 
@@ -379,20 +381,35 @@ def plot_model(model, data, out, *, key=None, samples=500, show=8, quiet=False) 
     loaded = load_model(model)
     settings = EncodeSettings.of_model(loaded)
     with open_samples(data, key) as source:
-        inputs = model_input(loaded, source, settings)
-        raw = source.read(slice(0, samples))
+        inputs, total = model_input(loaded, source, settings), len(source)
+        spread = np.linspace(0, total - 1, min(samples, total)).round().astype(np.int64)
+        rows = np.union1d(np.arange(min(show, total)), spread)  # sorted: the shown ones first
+        raw = source.take(rows)
         x, scale = inputs.prepare(raw)
+        axis, axis_label = _feature_axis(source.on_disk)
     encoding = encode_samples(loaded, x, settings, progress=not quiet, weights=inputs.mask)
-    z = encoding.z.detach().numpy()
-    name = Path(model).name
-    out = Path(out)
-    recon = reconstruct(loaded, z[:show], None if scale is None else scale[:show])
-    written = [plots.plot_reconstructions(raw, {"reconstructed": recon}, out / "reconstructions.png", n=show,
-                                          title=f"{name}: samples of {data} and their reconstructions")]
+    z, loss = encoding.z.detach().numpy(), encoding.loss.detach().numpy()
+    shown = slice(0, min(show, total))
+    name, out = Path(model).name, Path(out)
+    recon = reconstruct(loaded, z[shown], None if scale is None else scale[shown])
+    written = [plots.plot_reconstructions(raw[shown], {"reconstructed": recon}, out / "reconstructions.png",
+                                          n=show, x=axis, xlabel=axis_label,
+                                          title=f"{name}: the first {shown.stop} samples of {data} and their "
+                                                "reconstructions")]
     history = read_history(model)
     if history is not None:
         written.append(plots.plot_history(history, out / "training.png", title=f"{name}: training"))
-    written.append(plots.plot_latent_space(z, encoding.loss.detach().numpy(), out / "latents.png",
-                                           title=f"{name}: {len(z)} latents of {data}"))
+    latent = np.isin(rows, spread)
+    written.append(plots.plot_latent_space(z[latent], loss[latent], out / "latents.png",
+                                           title=f"{name}: latents of {len(spread)} of the {total} samples "
+                                                 f"of {data}"))
     _say(quiet, "wrote " + ", ".join(str(p) for p in written))
     return written
+
+
+def _feature_axis(dataset) -> tuple[np.ndarray | None, str | None]:
+    """The coordinates of a spectrum's features and their label, where the data
+    give them (the energies of 1-D INS spectra); else `(None, None)`."""
+    if isinstance(dataset, SpectraDataset) and dataset.q_grid is None:
+        return dataset.e_grid, "energy transfer E (meV)"
+    return None, None
