@@ -98,6 +98,18 @@ def test_weights_that_do_not_fit_the_architecture(saved):
         load_model(saved)
 
 
+def test_arrays_are_kept_in_the_weights_file_under_its_digest(tmp_path, decoder, saved):
+    arrays = {"standardise.mean": np.arange(20.0).reshape(4, 5), "standardise.std": np.full((4, 5), 0.5)}
+    directory = save_model(tmp_path / "m", decoder, settings={}, arrays=arrays)
+    loaded = load_model(directory)
+    assert sorted(loaded.arrays) == sorted(arrays)
+    for name, array in arrays.items():
+        assert loaded.arrays[name].dtype == np.float32
+        np.testing.assert_array_equal(loaded.arrays[name], array)
+    assert "arrays.standardise.mean" in safetensors.torch.load_file(directory / "weights.safetensors")
+    assert load_model(saved).arrays == {}  # a model saved without arrays
+
+
 def test_stray_encoder_tensors_are_refused(tmp_path, decoder):
     directory = save_model(tmp_path / "m", decoder, settings={}, encoder=build_encoder(decoder))
     _rewrite_config(directory, encoder=None)

@@ -77,6 +77,12 @@ def _add_train(sub) -> None:
     p.add_argument("--weights", metavar="FILE", type=Path,
                    help="per-feature loss weights (.npy, .csv...; one per feature, 0 masks a feature), recorded "
                         "in the model and used again when encoding")
+    p.add_argument("--standardise", action="store_true",
+                   help="then (after --normalise) subtract each feature's mean and divide by its standard "
+                        "deviation, both over the training samples, not the validation ones (a deviation under 1e-6 "
+                        "of the largest, as a constant or masked channel's, is raised to that floor); kept in the "
+                        "model so encode and plot apply them and decode gives reconstructions in the data's units. "
+                        "For spectra whose channels differ in scale; needs --loss mse")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of DATA held out for validation")
     p.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=TrainConfig.keep_best,
                    help="save the epoch of lowest validation loss (history.csv: best_epoch), not the last")
@@ -137,8 +143,8 @@ def _train(args) -> None:
     config = TrainConfig(**{f.name: options[f.name] for f in dataclasses.fields(TrainConfig) if f.name in options})
     with process_group() as replicas:
         train_model(args.data, args.out, config, key=args.key, decoder=args.decoder, val_fraction=args.val_fraction,
-                    normalise=args.normalise, ranges=args.ranges, weights=args.weights, resume=args.resume,
-                    quiet=args.quiet, tensorboard=args.tensorboard,
+                    normalise=args.normalise, standardise=args.standardise, ranges=args.ranges,
+                    weights=args.weights, resume=args.resume, quiet=args.quiet, tensorboard=args.tensorboard,
                     refine_start=args.refine_start, lazy=args.lazy, replicas=replicas)
 
 
@@ -226,16 +232,19 @@ def _decode(args) -> None:
 def _add_plot(sub) -> None:
     p = sub.add_parser(
         "plot", help="figures of a trained model: reconstructions, training curves, latent space",
-        description="Encode the first samples of DATA with MODEL and write into OUT: reconstructions.png "
-                    "(originals above their reconstructions: images as images, spectra as lines, 2-D maps as "
-                    "colour maps), training.png (loss and flow steps per epoch, from the model's history) and "
-                    "latents.png (the latents on their two principal axes, coloured by each sample's loss).",
+        description="Encode the first --show samples of DATA and --samples more spread over it with MODEL and "
+                    "write into OUT: reconstructions.png (in the data's units: each spectrum overlaid with its "
+                    "reconstruction and the residual below; images and 2-D maps above their reconstructions), "
+                    "training.png (loss and flow steps per epoch, from the model's history) and latents.png "
+                    "(the latents on their two principal axes, coloured by each sample's loss).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", type=Path, help="model directory written by 'gfe train'")
     p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--out", required=True, type=Path, help="folder for the PNG files")
     p.add_argument("--key", help="array name in an .npz or dataset path in an HDF5 file")
-    p.add_argument("--samples", type=int, default=500, help="samples encoded for the latent-space view")
+    p.add_argument("--samples", type=int, default=100,
+                   help="samples, spread evenly over DATA, encoded for the latent-space view (encoding time grows "
+                        "with it)")
     p.add_argument("--show", type=int, default=8, help="samples shown with their reconstructions")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(run=_plot)

@@ -119,6 +119,10 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     Latents and reconstructions are float32, the decoder's precision.
 
+    There is no per-feature standardisation option (`gfe train --standardise`):
+    put a `sklearn.preprocessing.StandardScaler` before GFE in a `Pipeline`,
+    whose `inverse_transform` then gives reconstructions in the data's units.
+
     Examples
     --------
     >>> import numpy as np

@@ -1,7 +1,8 @@
 """Model directories (safetensors weights + JSON config) and atomic file writes.
 
 A model directory holds `weights.safetensors` and `config.json`: the decoder,
-the autoencoder's encoder if any, and the learned start map if any. The config
+the autoencoder's encoder if any, the learned start map if any, and arrays that
+prepare data for the model (e.g. per-feature statistics) if any. The config
 names architectures by registry key and records the weights' SHA-256, so
 loading never runs code (no pickle, no `torch.load`) and a modified or
 truncated weights file is caught before use. Every file is written to a
@@ -16,10 +17,11 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import safetensors
 import safetensors.torch
 import torch
@@ -33,6 +35,7 @@ FORMAT = "gfe-model"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "config.json"
+ARRAYS = "arrays"  # the weights file's prefix for arrays that are no module's
 _REQUIRED_KEYS = ("format", "format_version", "decoder", "encoder", "settings", "weights_sha256")
 
 
@@ -119,10 +122,11 @@ def _registered_config(module: nn.Module, registry: dict, what: str) -> dict:
 
 
 def save_model(directory, decoder: nn.Module, *, settings: dict, encoder: nn.Module | None = None,
-               start: nn.Module | None = None) -> Path:
+               start: nn.Module | None = None, arrays: dict[str, np.ndarray] | None = None) -> Path:
     """Write `decoder` (and `encoder`, and the `start` map) with the `settings` used to train them.
 
-    The weights go first and the config, which holds their digest, last: a
+    Named `arrays` (float32) go into the weights file too, so its digest covers
+    them. The weights go first and the config, which holds their digest, last: a
     directory whose config is in place is complete. Returns the directory.
     """
     if not isinstance(settings, dict):
@@ -147,6 +151,8 @@ def save_model(directory, decoder: nn.Module, *, settings: dict, encoder: nn.Mod
         for part, module in modules.items()
         for name, tensor in module.state_dict().items()
     }
+    tensors.update({f"{ARRAYS}.{name}": torch.tensor(np.asarray(array, dtype=np.float32))
+                    for name, array in (arrays or {}).items()})
     weights = safetensors.torch.save(tensors, metadata={"format": "pt"})
     config["weights_sha256"] = hashlib.sha256(weights).hexdigest()
 
@@ -166,6 +172,7 @@ class LoadedModel:
     settings: dict
     config: dict
     start: nn.Module | None = None  # the learned start map (models trained before it have none)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # `save_model`'s arrays
 
 
 def _read_config(path: Path) -> dict:
@@ -244,7 +251,7 @@ def load_model(directory) -> LoadedModel:
         raise ModelFileError(f"{config_path}: the start map's shapes do not match the decoder's")
     modules = {"decoder": decoder, "encoder": encoder, "start": start}
     modules = {part: module for part, module in modules.items() if module is not None}
-    stray = [name for name in tensors if name.split(".", 1)[0] not in modules]
+    stray = [name for name in tensors if name.split(".", 1)[0] not in (*modules, ARRAYS)]
     if stray:
         raise ModelFileError(f"{weights_path} holds tensors for no configured model: {stray}")
     for what, module in modules.items():
@@ -252,4 +259,6 @@ def load_model(directory) -> LoadedModel:
         own = {name[len(prefix):]: t for name, t in tensors.items() if name.startswith(prefix)}
         _load_weights(module, own, what, weights_path)
         module.float().eval()
-    return LoadedModel(decoder=decoder, encoder=encoder, settings=config["settings"], config=config, start=start)
+    arrays = {name[len(ARRAYS) + 1:]: t.numpy() for name, t in tensors.items() if name.startswith(f"{ARRAYS}.")}
+    return LoadedModel(decoder=decoder, encoder=encoder, settings=config["settings"], config=config, start=start,
+                       arrays=arrays)

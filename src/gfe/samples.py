@@ -136,10 +136,22 @@ class SampleRows:
     def check(self) -> None:
         """Read every row once, a chunk at a time, so bad data are reported
         before training starts rather than in the middle of it."""
-        for lo in range(0, len(self), CHECK_ROWS):
-            hi = min(lo + CHECK_ROWS, len(self))
-            with rows_named(self.samples.on_disk.name, lo, hi, len(self)):
-                self[lo:hi].read()
+        for _ in row_chunks(self):
+            pass
+
+
+def row_chunks(x: np.ndarray | SampleRows, rows: int = CHECK_ROWS) -> Iterator[np.ndarray]:
+    """The rows of `x` in order, `rows` at a time: `SampleRows` read (and prepared)
+    a chunk at a time, errors naming the rows, so one pass over data larger than
+    memory holds one chunk."""
+    for lo in range(0, len(x), rows):
+        hi = min(lo + rows, len(x))
+        if isinstance(x, SampleRows):
+            with rows_named(x.samples.on_disk.name, lo, hi, len(x)):
+                chunk = x[lo:hi].read()
+        else:
+            chunk = x[lo:hi]
+        yield chunk
 
 
 def split(x: np.ndarray, n_train: int, n_test: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -315,9 +315,9 @@ class Trainer:
         return {"method": self.config.method, "train_config": asdict(self.config),
                 "encode": self.source.encode_settings(self.config)}
 
-    def save_model(self, directory, extra_settings: dict | None = None) -> Path:
+    def save_model(self, directory, extra_settings: dict | None = None, arrays: dict | None = None) -> Path:
         return save_model(directory, self.decoder, settings={**self.settings(), **(extra_settings or {})},
-                          **self.source.saved_modules())
+                          arrays=arrays, **self.source.saved_modules())
 
     def save_checkpoint(self, directory) -> Path:
         """Write epoch `len(history)`'s checkpoint and point `latest.json` at it."""

@@ -32,10 +32,10 @@ from .ins.io import Grid, SpectraDataset, check_same_grid, grid_of
 from .latents import latents_path, latents_writer, provenance, read_latents, read_scale
 from .losses import Loss, link
 from .models import DECODERS
-from .normalise import check_normalisation
+from .normalise import Standardisation, check_normalisation, check_standardisation
 from .normalise import normalise as normalise_samples
 from .persist import atomic_path, file_sha256, load_model
-from .samples import SampleRows, Samples, rows_named, split, validate_data
+from .samples import SampleRows, Samples, row_chunks, rows_named, split, validate_data
 from .solvers import Status
 from .tensorboard_log import TensorBoardLog
 from .train import REFINE_SAMPLES, Trainer
@@ -50,7 +50,8 @@ def _say(quiet: bool, text: str) -> None:
 
 
 def train_model(data, out, config: TrainConfig, *, key=None, decoder: str = "mlp", val_fraction: float = 0.1,
-                normalise: str = "none", ranges=None, weights=None, resume: bool = False, quiet: bool = False,
+                normalise: str = "none", standardise: bool = False, ranges=None, weights=None, resume: bool = False,
+                quiet: bool = False,
                 tensorboard=None, refine_start: bool = False, lazy: bool = False,
                 replicas: Replicas = Replicas()) -> Trainer:
     """Train on the samples in `data` as `config` says and write the model directory `out`.
@@ -69,6 +70,9 @@ def train_model(data, out, config: TrainConfig, *, key=None, decoder: str = "mlp
     file, one weight per feature; 0 masks) weigh them in the loss: both are recorded
     (`gfe.channels`) and applied again to full-width data when encoding. `normalise`
     ("none" or "mean", per sample) is recorded too and applied again when encoding.
+    With `standardise`, each feature is then centred and scaled by its mean and
+    standard deviation over the training samples (not the validation ones), which
+    the model keeps to apply again when encoding and to undo when decoding.
     With `lazy`, .npy and HDF5 samples stay on disk and each batch is read as it is
     needed (after one pass that checks them all), for data larger than memory; the
     run is the same, bit for bit. With `refine_start`, the saved start map is
@@ -80,12 +84,14 @@ def train_model(data, out, config: TrainConfig, *, key=None, decoder: str = "mlp
     if not 0 <= val_fraction < 1:
         raise ConfigError(f"val_fraction must be in [0, 1); got {val_fraction}")
     check_normalisation(normalise, config.loss)
+    if standardise:
+        check_standardisation(config.loss)
     out = Path(out)
     quiet = quiet or not replicas.is_writer
     with contextlib.ExitStack() as stack:  # holds the data file open while training reads it
         samples = stack.enter_context(open_samples(data, key))
         inputs = ModelInput(samples, normalise, config.loss, Channels.choose(samples.on_disk, ranges, weights))
-        x_train, x_val = _training_rows(inputs, val_fraction, config.seed, lazy)
+        inputs, x_train, x_val = _training_rows(inputs, val_fraction, config.seed, lazy, standardise)
         trainer = _trainer(out / CHECKPOINTS, config, decoder, inputs, resume, quiet, replicas)
         if refine_start:  # refused before training, not after
             trainer.check_refine_start()
@@ -101,14 +107,25 @@ def train_model(data, out, config: TrainConfig, *, key=None, decoder: str = "mlp
                         "training samples")
             trainer.refine_start(x_train)
     if replicas.is_writer:
-        _save_trained(trainer, out, data, inputs, normalise)
+        _save_trained(trainer, out, data, inputs)
         _say(quiet, f"model written to {out}")
     return trainer
 
 
-def _training_rows(inputs: ModelInput, val_fraction: float, seed: int, lazy: bool):
-    """Training and validation samples, prepared as the model will see them (checked
-    and normalised); with `lazy`, rows on disk read a batch at a time."""
+def _training_rows(inputs: ModelInput, val_fraction: float, seed: int, lazy: bool, standardise: bool):
+    """`(inputs, training samples, validation samples)`, the samples prepared as
+    the model will see them by `inputs`; with `standardise`, those inputs carry
+    the standardisation fitted on the training samples alone."""
+    x_train, x_val = _split_rows(inputs, val_fraction, seed, lazy)
+    if not standardise:
+        return inputs, x_train, x_val
+    inputs = dataclasses.replace(inputs, standardised=Standardisation.fit(row_chunks(x_train)))
+    return inputs, *_split_rows(inputs, val_fraction, seed, lazy)
+
+
+def _split_rows(inputs: ModelInput, val_fraction: float, seed: int, lazy: bool):
+    """Training and validation samples, checked and prepared by `inputs`; with
+    `lazy`, rows on disk read a batch at a time."""
 
     def prepare(raw: np.ndarray) -> np.ndarray:
         return validate_data(inputs.prepare(raw)[0], loss=inputs.loss)
@@ -155,13 +172,15 @@ def _reporter(quiet: bool):
     return report
 
 
-def _save_trained(trainer: Trainer, out: Path, data, inputs: ModelInput, normalise: str) -> None:
+def _save_trained(trainer: Trainer, out: Path, data, inputs: ModelInput) -> None:
     """The model directory with how its data were read and prepared, and the history."""
-    dataset = inputs.samples.on_disk
+    dataset, standardised = inputs.samples.on_disk, inputs.standardised
     grid = grid_of(dataset).to_record() if isinstance(dataset, SpectraDataset) else None
     trainer.save_model(out, extra_settings={"data": str(data), "scaling": dataset.scaling,
-                                            "feature_shape": list(trainer.decoder.out_shape), "normalise": normalise,
-                                            "grid": grid, "channels": inputs.channels.record()})
+                                            "feature_shape": list(trainer.decoder.out_shape),
+                                            "normalise": inputs.normalise, "standardise": standardised is not None,
+                                            "grid": grid, "channels": inputs.channels.record()},
+                       arrays=None if standardised is None else standardised.arrays())
     trainer.write_history_csv(out / "history.csv")
 
 
@@ -178,12 +197,14 @@ def encode_samples(loaded, x: np.ndarray, settings: EncodeSettings, *, progress:
 class ModelInput:
     """Samples on their way into a model, prepared as it was trained on them:
     the model's `channels` kept, checked for `loss`, normalised per sample
-    (`normalise`, over the channels' weights), a chunk at a time."""
+    (`normalise`, over the channels' weights), then standardised per feature
+    (`standardised`), a chunk at a time. `reconstruct` undoes it."""
 
     samples: Samples
     normalise: str
     loss: str | None
     channels: Channels
+    standardised: Standardisation | None = None
 
     @functools.cached_property
     def mask(self) -> np.ndarray | None:
@@ -198,6 +219,8 @@ class ModelInput:
         """`(x, scale)` of raw samples; `scale` is None without normalisation."""
         x, scale = normalise_samples(validate_data(self.channels.select(raw), loss=self.loss), self.normalise,
                                      self.mask)
+        if self.standardised is not None:
+            x = self.standardised.apply(x)
         return x, None if self.normalise == "none" else scale
 
     def chunks(self, rows: int, start: int = 0, stop: int | None = None) -> Iterator[tuple]:
@@ -209,13 +232,20 @@ class ModelInput:
 
 def model_input(loaded, samples: Samples, settings: EncodeSettings) -> ModelInput:
     """`samples` as `loaded` was trained on them: the same grid and axis (else a
-    `DataError`), its channels, its normalisation and the spectra's mask."""
+    `DataError`), its channels, its normalisation and standardisation, and the spectra's mask."""
     dataset = samples.on_disk
     grid = loaded.settings.get("grid")
     if grid is not None and isinstance(dataset, SpectraDataset):
         check_same_grid(Grid.from_record(grid), dataset, names=("the model's training spectra", dataset.name))
     return ModelInput(samples, loaded.settings.get("normalise", "none"), settings.loss,
-                      Channels.from_record(loaded.settings.get("channels")).accept(dataset))
+                      Channels.from_record(loaded.settings.get("channels")).accept(dataset), standardisation(loaded))
+
+
+def standardisation(loaded) -> Standardisation | None:
+    """The per-feature standardisation `loaded` was trained with; None for models without one."""
+    if not loaded.settings.get("standardise", False):
+        return None
+    return Standardisation.from_arrays(loaded.arrays, loaded.decoder.out_shape)
 
 
 def encoding_provenance(loaded, settings: EncodeSettings, inputs: ModelInput, data) -> dict:
@@ -304,14 +334,19 @@ def _encode_with_encoder(loaded, x: np.ndarray, loss_name: str, weights=None) ->
 
 
 def reconstruct(loaded, z, scale: np.ndarray | None = None) -> np.ndarray:
-    """Reconstructions in data space of latents `z`: the decoder's output through
-    the loss's link (probabilities for bce, rates for poisson), times each
-    sample's `scale` (from `ModelInput.prepare` or a latents file) to undo the
-    model's per-sample normalisation."""
+    """Reconstructions of latents `z` in the data's units: the decoder's output
+    through the loss's link (probabilities for bce, rates for poisson), with what
+    `ModelInput.prepare` did undone in reverse: the model's standardisation, then
+    the per-sample normalisation `scale` the latents were encoded with (None: none)."""
     with torch.no_grad():
         out = link(loaded.settings.get("encode", {}).get("loss", "bce"),
                    loaded.decoder(torch.from_numpy(np.asarray(z, dtype=np.float32)))).numpy()
-    return out if scale is None else out * scale.reshape(-1, *([1] * (out.ndim - 1)))
+    standardised = standardisation(loaded)
+    if standardised is not None:
+        out = standardised.undo(out)
+    if scale is not None:
+        out = out * scale.reshape(-1, *([1] * (out.ndim - 1)))
+    return out
 
 
 def decode_file(model, latents, output, *, quiet=False) -> np.ndarray:
@@ -353,36 +388,48 @@ def read_history(model) -> dict[str, np.ndarray] | None:
     return {name: np.array([float(row[name]) for row in rows]) for name in rows[0]}
 
 
-def plot_model(model, data, out, *, key=None, samples=500, show=8, quiet=False) -> list[Path]:
-    """Write the figures of a trained model to the folder `out`: reconstructions
-    of the first `show` samples of `data` (as the model sees them: its channels,
-    normalised as it was trained) beside the originals, the training
-    curves (when the model has a history), and its first `samples` latents on
-    their principal axes coloured by loss. The samples are encoded as `gfe
-    encode` encodes them (normalised, the spectra's mask weighing the loss), so
-    the losses are comparable with its; reconstructions are shown in data space.
-    Returns the paths written."""
+def plot_model(model, data, out, *, key=None, samples=100, show=8, quiet=False) -> list[Path]:
+    """Write the figures of a trained model to the folder `out`: the first `show`
+    samples of `data` with their reconstructions in the data's units (spectra
+    overlaid, with residuals), the training curves (when the model has a
+    history), and the latents of `samples` samples spread evenly over `data` on
+    their principal axes, coloured by loss. Only those samples are read and
+    encoded, so the figures take seconds however large `data` is. Returns the
+    paths written."""
     from . import plots
 
     if samples < 1 or show < 1:
         raise ConfigError(f"samples and show must be positive; got {samples} and {show}")
     loaded = load_model(model)
     settings = EncodeSettings.of_model(loaded)
-    with open_samples(data, key) as opened:  # prepared as encoding would: channels, normalisation
-        inputs = model_input(loaded, opened, settings)
-        raw = opened.read(slice(0, samples))
+    with open_samples(data, key) as source:
+        inputs, total = model_input(loaded, source, settings), len(source)
+        spread = np.linspace(0, total - 1, min(samples, total)).round().astype(np.int64)
+        rows = np.union1d(np.arange(min(show, total)), spread)  # sorted: the shown ones first
+        raw = source.take(rows)
         x, scale = inputs.prepare(raw)
+        axis, axis_label = inputs.channels.model_axis, _axis_label(source.on_disk)
     encoding = encode_samples(loaded, x, settings, progress=not quiet, weights=inputs.mask)
-    z = encoding.z.detach().numpy()
-    name = Path(model).name
-    out = Path(out)
-    written = [plots.plot_reconstructions(inputs.channels.select(raw[:show]),
-                                          {"reconstructed": reconstruct(loaded, z, scale)[:show]},
-                                          out / "reconstructions.png", n=show, title=f"{name}: samples of {data} and their reconstructions")]
+    z, loss = encoding.z.detach().numpy(), encoding.loss.detach().numpy()
+    shown = slice(0, min(show, total))
+    name, out = Path(model).name, Path(out)
+    recon = reconstruct(loaded, z, scale)[shown]  # decoded in one batch, as `gfe decode` does
+    written = [plots.plot_reconstructions(inputs.channels.select(raw[shown]), {"reconstructed": recon},
+                                          out / "reconstructions.png", n=show, x=axis,
+                                          xlabel=None if axis is None else axis_label,
+                                          title=f"{name}: the first {shown.stop} samples of {data} and their "
+                                                "reconstructions")]
     history = read_history(model)
     if history is not None:
         written.append(plots.plot_history(history, out / "training.png", title=f"{name}: training"))
-    written.append(plots.plot_latent_space(z, encoding.loss.detach().numpy(), out / "latents.png",
-                                           title=f"{name}: {len(z)} latents of {data}"))
+    latent = np.isin(rows, spread)
+    written.append(plots.plot_latent_space(z[latent], loss[latent], out / "latents.png",
+                                           title=f"{name}: latents of {len(spread)} of the {total} samples "
+                                                 f"of {data}"))
     _say(quiet, "wrote " + ", ".join(str(p) for p in written))
     return written
+
+
+def _axis_label(dataset) -> str:
+    """What a data file's axis measures, where gfe knows it (the energies of INS spectra)."""
+    return "energy transfer E (meV)" if isinstance(dataset, SpectraDataset) else "axis of the data file"
