@@ -31,14 +31,6 @@ Run 'gfe COMMAND --help' for the options of each command."""
 
 
 def _add_train(sub) -> None:
-    from .start import START_MODES
-    from .gradients import GRADIENTS
-    from .losses import LOSSES
-    from .methods import METHODS
-    from .models import DECODERS
-    from .normalise import NORMALISATIONS
-    from .train_config import LR_SCHEDULES, ON_NONFINITE, OPTIMIZERS, TrainConfig
-
     p = sub.add_parser(
         "train", help="train a decoder (GFE) or the autoencoder baseline",
         description="Train a decoder on DATA and write a model directory (weights.safetensors, config.json, "
@@ -46,82 +38,9 @@ def _add_train(sub) -> None:
                     "Under 'torchrun --nproc-per-node N -m gfe train ...' every batch is split across the N "
                     "processes (DDP over gloo) and the result matches one process; see docs/distributed.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("data", help=DATA_HELP)
-    p.add_argument("--out", required=True, type=Path, help="model directory to write")
-    p.add_argument("--key", help="array name in an .npz or dataset path in an HDF5 file")
-    p.add_argument("--method", default=TrainConfig.method, choices=list(METHODS),
-                   help="gfe-*: decoder trained on gradient-flow latents (flow and solver in the name); "
-                        "ae: the autoencoder baseline with a mirrored encoder")
-    p.add_argument("--decoder", default="mlp", choices=list(DECODERS),
-                   help="decoder architecture (the MLP is the paper's: hidden 150, 300, 600, ELU; pca-mlp starts "
-                        "from a PCA of the training data, for nearly linear data such as spectra)")
-    p.add_argument("--latent-dim", type=int, default=TrainConfig.latent_dim, help="size of each latent vector")
-    p.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="passes over the training samples")
-    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="samples per decoder update")
-    p.add_argument("--optimizer", default=TrainConfig.optimizer, choices=list(OPTIMIZERS),
-                   help="optimizer of the decoder's weights")
-    p.add_argument("--lr", type=float, default=TrainConfig.lr, help="learning rate")
-    p.add_argument("--lr-schedule", default=TrainConfig.lr_schedule, choices=list(LR_SCHEDULES),
-                   help="cosine: lower the learning rate from --lr to 0 over the run, batch by batch, so the "
-                        "decoder settles at the end instead of jittering about its minimum")
-    p.add_argument("--loss", default=TrainConfig.loss, choices=list(LOSSES),
-                   help="bce for data in [0, 1] (the paper's protocol, on images; gfe.GFE defaults to mse "
-                        "instead, as it meets arbitrary real arrays), mse for real values, poisson for counts")
-    p.add_argument("--normalise", default="none", choices=list(NORMALISATIONS),
-                   help="mean: divide each sample by its mean (over the mask of an INS spectra file), recorded "
-                        "in the model so encode and decode apply and undo it (not with --loss poisson)")
-    p.add_argument("--range", metavar="LO:HI[,LO:HI...]", dest="ranges",
-                   help="keep only the channels in these inclusive ranges of the data's axis (a CSV header's "
-                        "wavenumbers, say), or of feature indices when the data have no axis; recorded in the "
-                        "model, which then encodes and plots full-width data")
-    p.add_argument("--weights", metavar="FILE", type=Path,
-                   help="per-feature loss weights (.npy, .csv...; one per feature, 0 masks a feature), recorded "
-                        "in the model and used again when encoding")
-    p.add_argument("--standardise", action="store_true",
-                   help="then (after --normalise) subtract each feature's mean and divide by its standard "
-                        "deviation, both over the training samples, not the validation ones (a deviation under 1e-6 "
-                        "of the largest, as a constant or masked channel's, is raised to that floor); kept in the "
-                        "model so encode and plot apply them and decode gives reconstructions in the data's units. "
-                        "For spectra whose channels differ in scale; needs --loss mse")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of DATA held out for validation")
-    p.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=TrainConfig.keep_best,
-                   help="save the epoch of lowest validation loss (history.csv: best_epoch), not the last")
-    p.add_argument("--patience", type=int, default=TrainConfig.patience, metavar="EPOCHS",
-                   help="stop once the validation loss has not improved for EPOCHS epochs")
-    p.add_argument("--seed", type=int, default=TrainConfig.seed,
-                   help="seeds the initial weights, the validation split, the data order and --latent-noise")
-    p.add_argument("--encode-options", type=json_dict, default=None,
-                   help="JSON options for the flow during training, e.g. '{\"gtol\": 1e-3}'")
-    p.add_argument("--on-nonfinite", default=TrainConfig.on_nonfinite, choices=list(ON_NONFINITE),
-                   help="when a batch's training loss is NaN or infinite: stop with an error naming the "
-                        "epoch and batch, or skip that batch's update (counted in history.csv)")
-    p.add_argument("--gradient", default=TrainConfig.gradient, choices=list(GRADIENTS),
-                   help="decoder gradient: approx holds the latents fixed (cheap; exact once the flow has "
-                        "converged); adjoint (continuous adjoint) and unrolled (back-propagation through the "
-                        "solver's steps) include how the latents depend on the decoder (see docs/gradients.md)")
-    p.add_argument("--start", default=TrainConfig.start, choices=list(START_MODES),
-                   help="where training flows begin: learned (a ridge map from samples to the latents found so "
-                        "far, saved with the model as where 'gfe encode' starts; fewer decoder evaluations, measured: "
-                        "docs/benchmarks.md) or zero (the reference's z0 = 0). Validation always starts at 0")
-    p.add_argument("--encode-ahead", type=int, default=TrainConfig.encode_ahead, metavar="K",
-                   help="encode K batches in one flow call against the decoder before the first of them, then "
-                        "update it batch by batch: latents up to K-1 updates stale, but small batches encode "
-                        "faster on a CPU (measured: docs/benchmarks.md). gfe-* methods with --gradient approx")
-    p.add_argument("--refine-start", action="store_true",
-                   help="after training, refit the saved start map on converged latents of the last 2,000 "
-                        "training samples and store the inverse of the mean Hessian there as the first BFGS metric "
-                        "(costs one encoding of them; later encodings then need fewer decoder evaluations, measured: "
-                        "docs/benchmarks.md)")
-    p.add_argument("--latent-penalty", type=float, default=TrainConfig.latent_penalty, metavar="BETA",
-                   help="L2 prior BETA*|z|^2 on the latents: in the flow's energy for gfe-* (training and the "
-                        "saved encoding settings), in the training loss for ae. Keeps latents bounded")
-    p.add_argument("--latent-noise", type=float, default=TrainConfig.latent_noise, metavar="SIGMA",
-                   help="train the decoder on latents plus Gaussian noise of this standard deviation (seeded): "
-                        "a decoder smooth around its latents, whose latents a linear model reads better, for more "
-                        "reconstruction error (measured: docs/spectra.md). gfe-* with --gradient approx, or ae")
-    p.add_argument("--lazy", action="store_true",
-                   help="keep the samples of a .npy or HDF5 DATA on disk and read each batch when it is needed "
-                        "(for data larger than memory; same result, slower per batch)")
+    _add_train_data(p.add_argument_group("the data and how the model sees them"))
+    _add_train_model(p.add_argument_group("the model and its optimisation"))
+    _add_train_flow(p.add_argument_group("the gradient flow (gfe-* methods)"))
     p.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
     p.add_argument("--tensorboard", type=Path, metavar="DIR", default=None,
                    help="also log each epoch's losses and flow steps for TensorBoard into DIR (needs the "
@@ -130,6 +49,102 @@ def _add_train(sub) -> None:
                    help="print nothing but errors (gfe.GFE is silent unless verbose=True instead, as "
                         "scikit-learn estimators are)")
     p.set_defaults(run=_train)
+
+
+def _add_train_data(g) -> None:
+    from .normalise import NORMALISATIONS
+
+    g.add_argument("data", help=DATA_HELP)
+    g.add_argument("--out", required=True, type=Path, help="model directory to write")
+    g.add_argument("--key", help="array name in an .npz or dataset path in an HDF5 file")
+    g.add_argument("--normalise", default="none", choices=list(NORMALISATIONS),
+                   help="mean: divide each sample by its mean (over the mask of an INS spectra file), recorded "
+                        "in the model so encode and decode apply and undo it (not with --loss poisson)")
+    g.add_argument("--range", metavar="LO:HI[,LO:HI...]", dest="ranges",
+                   help="keep only the channels in these inclusive ranges of the data's axis (a CSV header's "
+                        "wavenumbers, say), or of feature indices when the data have no axis; recorded in the "
+                        "model, which then encodes and plots full-width data")
+    g.add_argument("--weights", metavar="FILE", type=Path,
+                   help="per-feature loss weights (.npy, .csv...; one per feature, 0 masks a feature), recorded "
+                        "in the model and used again when encoding")
+    g.add_argument("--standardise", action="store_true",
+                   help="then (after --normalise) subtract each feature's mean and divide by its standard "
+                        "deviation, both over the training samples, not the validation ones (a deviation under 1e-6 "
+                        "of the largest, as a constant or masked channel's, is raised to that floor); kept in the "
+                        "model so encode and plot apply them and decode gives reconstructions in the data's units. "
+                        "For spectra whose channels differ in scale; needs --loss mse")
+    g.add_argument("--val-fraction", type=float, default=0.1, help="share of DATA held out for validation")
+    g.add_argument("--lazy", action="store_true",
+                   help="keep the samples of a .npy or HDF5 DATA on disk and read each batch when it is needed "
+                        "(for data larger than memory; same result, slower per batch)")
+
+
+def _add_train_model(g) -> None:
+    from .losses import LOSSES
+    from .methods import METHODS
+    from .models import DECODERS
+    from .train_config import LR_SCHEDULES, ON_NONFINITE, OPTIMIZERS, TrainConfig
+
+    g.add_argument("--method", default=TrainConfig.method, choices=list(METHODS),
+                   help="gfe-*: decoder trained on gradient-flow latents (flow and solver in the name); "
+                        "ae: the autoencoder baseline with a mirrored encoder")
+    g.add_argument("--decoder", default="mlp", choices=list(DECODERS),
+                   help="decoder architecture (the MLP is the paper's: hidden 150, 300, 600, ELU; pca-mlp starts "
+                        "from a PCA of the training data, for nearly linear data such as spectra)")
+    g.add_argument("--latent-dim", type=int, default=TrainConfig.latent_dim, help="size of each latent vector")
+    g.add_argument("--loss", default=TrainConfig.loss, choices=list(LOSSES),
+                   help="bce for data in [0, 1] (the paper's protocol, on images; gfe.GFE defaults to mse "
+                        "instead, as it meets arbitrary real arrays), mse for real values, poisson for counts")
+    g.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="passes over the training samples")
+    g.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="samples per decoder update")
+    g.add_argument("--optimizer", default=TrainConfig.optimizer, choices=list(OPTIMIZERS),
+                   help="optimizer of the decoder's weights")
+    g.add_argument("--lr", type=float, default=TrainConfig.lr, help="learning rate")
+    g.add_argument("--lr-schedule", default=TrainConfig.lr_schedule, choices=list(LR_SCHEDULES),
+                   help="cosine: lower the learning rate from --lr to 0 over the run, batch by batch, so the "
+                        "decoder settles at the end instead of jittering about its minimum")
+    g.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=TrainConfig.keep_best,
+                   help="save the epoch of lowest validation loss (history.csv: best_epoch), not the last")
+    g.add_argument("--patience", type=int, default=TrainConfig.patience, metavar="EPOCHS",
+                   help="stop once the validation loss has not improved for EPOCHS epochs")
+    g.add_argument("--seed", type=int, default=TrainConfig.seed,
+                   help="seeds the initial weights, the validation split, the data order and --latent-noise")
+    g.add_argument("--on-nonfinite", default=TrainConfig.on_nonfinite, choices=list(ON_NONFINITE),
+                   help="when a batch's training loss is NaN or infinite: stop with an error naming the "
+                        "epoch and batch, or skip that batch's update (counted in history.csv)")
+
+
+def _add_train_flow(g) -> None:
+    from .gradients import GRADIENTS
+    from .start import START_MODES
+    from .train_config import TrainConfig
+
+    g.add_argument("--encode-options", type=json_dict, default=None,
+                   help="JSON options for the flow during training, e.g. '{\"gtol\": 1e-3}'")
+    g.add_argument("--gradient", default=TrainConfig.gradient, choices=list(GRADIENTS),
+                   help="decoder gradient: approx holds the latents fixed (cheap; exact once the flow has "
+                        "converged); adjoint (continuous adjoint) and unrolled (back-propagation through the "
+                        "solver's steps) include how the latents depend on the decoder (see docs/gradients.md)")
+    g.add_argument("--start", default=TrainConfig.start, choices=list(START_MODES),
+                   help="where training flows begin: learned (a ridge map from samples to the latents found so "
+                        "far, saved with the model as where 'gfe encode' starts; fewer decoder evaluations, measured: "
+                        "docs/benchmarks.md) or zero (the reference's z0 = 0). Validation always starts at 0")
+    g.add_argument("--encode-ahead", type=int, default=TrainConfig.encode_ahead, metavar="K",
+                   help="encode K batches in one flow call against the decoder before the first of them, then "
+                        "update it batch by batch: latents up to K-1 updates stale, but small batches encode "
+                        "faster on a CPU (measured: docs/benchmarks.md). gfe-* methods with --gradient approx")
+    g.add_argument("--refine-start", action="store_true",
+                   help="after training, refit the saved start map on converged latents of the last 2,000 "
+                        "training samples and store the inverse of the mean Hessian there as the first BFGS metric "
+                        "(costs one encoding of them; later encodings then need fewer decoder evaluations, measured: "
+                        "docs/benchmarks.md)")
+    g.add_argument("--latent-penalty", type=float, default=TrainConfig.latent_penalty, metavar="BETA",
+                   help="L2 prior BETA*|z|^2 on the latents: in the flow's energy for gfe-* (training and the "
+                        "saved encoding settings), in the training loss for ae. Keeps latents bounded")
+    g.add_argument("--latent-noise", type=float, default=TrainConfig.latent_noise, metavar="SIGMA",
+                   help="train the decoder on latents plus Gaussian noise of this standard deviation (seeded): "
+                        "a decoder smooth around its latents, whose latents a linear model reads better, for more "
+                        "reconstruction error (measured: docs/spectra.md). gfe-* with --gradient approx, or ae")
 
 
 def _train(args) -> None:

@@ -28,7 +28,7 @@ from ..cli_args import DATA_HELP, int_list, seed_list
 from ..encode import encode
 from ..errors import DataError
 from ..models import DECODERS, Conv1dDecoder, Conv2dDecoder
-from ..normalise import NORMALISATIONS, normalise
+from ..normalise import NORMALISATIONS, Standardisation, normalise
 from ..samples import validate_data
 from ..train import TrainConfig, Trainer
 from . import at_least, cli, known
@@ -241,9 +241,8 @@ def run(data, samples: list[int], *, key=None, references=None, ranges=None, nor
 
 
 def _standardised(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """`x` with each feature centred and scaled by the statistics of `rows` (constant features keep scale 1)."""
-    mean, std = x[rows].mean(0), x[rows].std(0)
-    return ((x - mean) / np.where(std > 0, std, 1.0)).astype(np.float32)
+    """`x` standardised per feature with the statistics of `rows`, as `gfe train --standardise` does."""
+    return Standardisation.fit([x[rows]]).apply(x)
 
 
 def add_parser(bench) -> None:
