@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError
+from .registry import Registry
 
 PENALTIES = ("l2", "l1")
 
@@ -37,21 +38,9 @@ class LossSpec:
     inverse_link: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
 
 
-LOSSES: dict[str, LossSpec] = {}
-
-
-def register_loss(spec: LossSpec) -> LossSpec:
-    """Add `spec` under `spec.name`; every layer above (encode, train, CLI, estimator) then accepts it."""
-    if spec.name in LOSSES and LOSSES[spec.name] != spec:
-        raise ConfigError(f"a loss named {spec.name!r} is registered already")
-    LOSSES[spec.name] = spec
-    return spec
-
-
-def loss_spec(name: str) -> LossSpec:
-    if name not in LOSSES:
-        raise ConfigError(f"unknown loss {name!r}; expected one of {', '.join(LOSSES)}")
-    return LOSSES[name]
+LOSSES: Registry[LossSpec] = Registry("loss")
+register_loss = LOSSES.register  # every layer above (encode, train, CLI, estimator) then accepts the name
+loss_spec = LOSSES.spec
 
 
 def _bce_data_error(low: float, high: float) -> str | None:

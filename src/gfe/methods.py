@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError
 from .flows import FLOWS
+from .registry import Registry
 from .solvers import solver_spec
 
 
@@ -47,21 +48,9 @@ class MethodSpec:
         return self.flow is not None
 
 
-METHODS: dict[str, MethodSpec] = {}
-
-
-def register_method(spec: MethodSpec) -> MethodSpec:
-    """Add `spec` under `spec.name`; `TrainConfig`, `gfe train --method` and `gfe.GFE` then accept it."""
-    if spec.name in METHODS and METHODS[spec.name] != spec:
-        raise ConfigError(f"a method named {spec.name!r} is registered already")
-    METHODS[spec.name] = spec
-    return spec
-
-
-def method_spec(name: str) -> MethodSpec:
-    if name not in METHODS:
-        raise ConfigError(f"unknown method {name!r}; expected one of {', '.join(METHODS)}")
-    return METHODS[name]
+METHODS: Registry[MethodSpec] = Registry("method")
+register_method = METHODS.register  # `TrainConfig`, `gfe train --method` and `gfe.GFE` then accept the name
+method_spec = METHODS.spec
 
 
 def flow_methods() -> list[str]:

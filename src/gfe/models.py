@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError
+from .registry import Registry
 
 ACTIVATIONS = {
     "elu": nn.ELU,
@@ -285,15 +286,8 @@ class DecoderSpec:
     summary: str = ""
 
 
-DECODERS: dict[str, DecoderSpec] = {}
-
-
-def register_decoder(spec: DecoderSpec) -> DecoderSpec:
-    """Add `spec` under `spec.name`: `gfe train --decoder`, `gfe.GFE(decoder=...)`, saving and loading accept it."""
-    if spec.name in DECODERS and DECODERS[spec.name] != spec:
-        raise ConfigError(f"a decoder named {spec.name!r} is registered already")
-    DECODERS[spec.name] = spec
-    return spec
+DECODERS: Registry[DecoderSpec] = Registry("decoder")
+register_decoder = DECODERS.register  # `gfe train --decoder`, `gfe.GFE(decoder=...)`, saving and loading accept it
 
 
 register_decoder(DecoderSpec("mlp", MLPDecoder, MLPEncoder, "fully connected; the paper's (hidden 150, 300, 600, ELU)"))

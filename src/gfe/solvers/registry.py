@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
+from ..registry import Registry
 
 # (A, b, c) of an explicit Runge-Kutta scheme
 Tableau = tuple[tuple[tuple[float, ...], ...], tuple[float, ...], tuple[float, ...]]
@@ -62,20 +63,12 @@ class SolverSpec:
         return self.options(**values)
 
 
-SOLVERS: dict[str, SolverSpec] = {}
+SOLVERS: Registry[SolverSpec] = Registry("solver")
+solver_spec = SOLVERS.spec
 
 
 def register_solver(spec: SolverSpec) -> SolverSpec:
-    """Add `spec` under `spec.name` (replacing none: names are unique)."""
+    """Add `spec` under `spec.name`; every layer above then accepts the name."""
     if not dataclasses.is_dataclass(spec.options):
         raise ConfigError(f"solver {spec.name!r}: options must be a dataclass type")
-    if spec.name in SOLVERS and SOLVERS[spec.name] != spec:
-        raise ConfigError(f"a solver named {spec.name!r} is registered already")
-    SOLVERS[spec.name] = spec
-    return spec
-
-
-def solver_spec(name: str) -> SolverSpec:
-    if name not in SOLVERS:
-        raise ConfigError(f"unknown solver {name!r}; expected one of {', '.join(SOLVERS)}")
-    return SOLVERS[name]
+    return SOLVERS.register(spec)
