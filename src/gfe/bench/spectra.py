@@ -30,7 +30,8 @@ from ..errors import DataError
 from ..models import DECODERS, Conv1dDecoder, Conv2dDecoder
 from ..normalise import NORMALISATIONS, Standardisation, normalise
 from ..samples import validate_data
-from ..train import TrainConfig, Trainer
+from ..train import Trainer
+from ..train_config import LR_SCHEDULES, TrainConfig
 from . import at_least, cli, known
 from .data_efficiency import machine
 
@@ -74,8 +75,8 @@ def _masked_mse(recon: np.ndarray, x: np.ndarray, mask) -> float:
     return float(np.mean(((recon - x) ** 2 * w).reshape(len(x), -1).sum(1) / w.sum()))
 
 
-def _neural(method, x_train, x_test, x_probe, mask, *, decoder, latent_dim, epochs, batch_size, lr, seed,
-            latent_penalty, latent_noise):
+def _neural(method, x_train, x_test, x_probe, mask, *, decoder, latent_dim, epochs, batch_size, lr, lr_schedule,
+            seed, latent_penalty, latent_noise):
     """Train `method` on `x_train`; the test latents, reconstructions and probe latents,
     encoded as `gfe encode` encodes with the saved model (from its start map)."""
     with torch.random.fork_rng(devices=[]):
@@ -86,7 +87,7 @@ def _neural(method, x_train, x_test, x_probe, mask, *, decoder, latent_dim, epoc
         else:
             model = DECODERS[decoder].decoder(latent_dim, x_train.shape[1:])
     config = TrainConfig(method=method, latent_dim=latent_dim, epochs=epochs, batch_size=batch_size,
-                         optimizer="adam", lr=lr, loss="mse", seed=seed,
+                         optimizer="adam", lr=lr, lr_schedule=lr_schedule, loss="mse", seed=seed,
                          latent_penalty=latent_penalty, latent_noise=latent_noise)
     trainer = Trainer(config, x_train.shape[1:], decoder=model, progress=False, weights=mask)
     start = time.perf_counter()
@@ -180,7 +181,8 @@ def read_references(path, n_samples: int) -> tuple[np.ndarray, np.ndarray, tuple
 
 def run(data, samples: list[int], *, key=None, references=None, ranges=None, normalise_kind: str = "mean",
         standardise: bool = False, decoder: str = "conv", methods=METHODS, n_test: int = 500, latent_dim: int = 8,
-        epochs: int = 20, batch_size: int = 5, lr: float = 1e-3, seeds=(0,), latent_penalty: float = 0.0,
+        epochs: int = 20, batch_size: int = 5, lr: float = 1e-3, lr_schedule: str = "constant", seeds=(0,),
+        latent_penalty: float = 0.0,
         latent_noise: float = 0.0, plots=None, progress: bool = True) -> dict:
     """Run the benchmark on the spectra in `data`; write PNGs into `plots` if given.
 
@@ -205,8 +207,8 @@ def run(data, samples: list[int], *, key=None, references=None, ranges=None, nor
         else:
             z, recon, z_probe, train_s, encode_s = _neural(
                 method, x_train, x_test, x_probe, spectra.mask, decoder=decoder, latent_dim=latent_dim,
-                epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, latent_penalty=latent_penalty,
-                latent_noise=latent_noise)
+                epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, seed=seed,
+                latent_penalty=latent_penalty, latent_noise=latent_noise)
         r2 = probe_r2(z_probe, spectra.labels, spectra.names)
         knn = probe_r2(z_probe, spectra.labels, spectra.names, model="knn")
         row = {"method": method, "samples": n, "seed": seed, "test_mse": _masked_mse(recon, x_test, spectra.mask),
@@ -228,7 +230,7 @@ def run(data, samples: list[int], *, key=None, references=None, ranges=None, nor
     return {
         "benchmark": "spectra", "data": str(data), "channels": spectra.description, "shape": list(spectra.x.shape[1:]),
         "n_test": n_test, "latent_dim": latent_dim, "epochs": epochs, "batch_size": batch_size, "decoder": decoder,
-        "optimizer": "adam", "lr": lr, "loss": f"mse; spectra normalised per sample: {normalise_kind}; {scaled}",
+        "optimizer": "adam", "lr": lr, "lr_schedule": lr_schedule, "loss": f"mse; spectra normalised per sample: {normalise_kind}; {scaled}",
         "seeds": list(seeds), "latent_penalty": latent_penalty, "latent_noise": latent_noise,
         "references": None if references is None else str(references),
         "probe": f"{PROBE_FOLDS}-fold CV ridge (standardised latents, penalty chosen inside each fold by RidgeCV) "
@@ -274,6 +276,8 @@ def add_parser(bench) -> None:
                         "few, its R^2 varies between folds and seeds; measured: docs/spectra.md)")
     q.add_argument("--latent-dim", type=int, default=8)
     q.add_argument("--epochs", type=int, default=20, help="passes over the training spectra")
+    q.add_argument("--lr-schedule", default="constant", choices=list(LR_SCHEDULES),
+                   help="the neural methods' learning-rate schedule, as 'gfe train --lr-schedule'")
     q.add_argument("--seeds", type=seed_list, default=[0],
                    help="training seeds (initial weights, sample order); the summary averages them")
     q.add_argument("--latent-penalty", type=float, default=0.0, metavar="BETA",
@@ -288,6 +292,7 @@ def add_parser(bench) -> None:
 def _command(args) -> None:
     result = run(args.data, args.samples, key=args.key, references=args.references, ranges=args.ranges,
                  normalise_kind=args.normalise, standardise=args.standardise, decoder=args.decoder,
+                 lr_schedule=args.lr_schedule,
                  methods=args.methods.split(","), n_test=args.n_test,
                  latent_dim=args.latent_dim, epochs=args.epochs, seeds=args.seeds,
                  latent_penalty=args.latent_penalty, latent_noise=args.latent_noise,
