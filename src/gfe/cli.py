@@ -257,7 +257,7 @@ def _add_plot(sub) -> None:
     p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--out", required=True, type=Path, help="folder for the PNG files")
     p.add_argument("--key", help="array name in an .npz or dataset path in an HDF5 file")
-    p.add_argument("--samples", type=int, default=100,
+    p.add_argument("--samples", type=int, default=50,
                    help="samples, spread evenly over DATA, encoded for the latent-space view (encoding time grows "
                         "with it)")
     p.add_argument("--show", type=int, default=8, help="samples shown with their reconstructions")

@@ -388,7 +388,7 @@ def read_history(model) -> dict[str, np.ndarray] | None:
     return {name: np.array([float(row[name]) for row in rows]) for name in rows[0]}
 
 
-def plot_model(model, data, out, *, key=None, samples=100, show=8, quiet=False) -> list[Path]:
+def plot_model(model, data, out, *, key=None, samples=50, show=8, quiet=False) -> list[Path]:
     """Write the figures of a trained model to the folder `out`: the first `show`
     samples of `data` with their reconstructions in the data's units (spectra
     overlaid, with residuals), the training curves (when the model has a
