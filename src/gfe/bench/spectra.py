@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..cli_args import DATA_HELP, int_list, seed_list
-from ..encode import encode
+from ..encode_settings import EncodeSettings
 from ..errors import DataError
 from ..models import DECODERS, Conv1dDecoder, Conv2dDecoder
 from ..normalise import NORMALISATIONS, Standardisation, normalise
@@ -93,14 +93,8 @@ def _neural(method, x_train, x_test, x_probe, mask, *, decoder, latent_dim, epoc
     start = time.perf_counter()
     trainer.fit(x_train)
     train_seconds = time.perf_counter() - start
-
-    def latents(x):
-        if trainer.config.is_gfe:
-            return encode(trainer.decoder, x, z0=trainer.start_map(), weights=mask, **trainer.settings()["encode"]).z
-        with torch.no_grad():
-            return trainer.latents(torch.from_numpy(x), training=False)[0]
-
     start = time.perf_counter()
+    latents = _latents_of(trainer, mask)
     z = latents(x_test)
     encode_seconds = time.perf_counter() - start
     with torch.no_grad():
@@ -108,12 +102,26 @@ def _neural(method, x_train, x_test, x_probe, mask, *, decoder, latent_dim, epoc
     return z.detach().numpy(), recon, latents(x_probe).detach().numpy(), train_seconds, encode_seconds
 
 
+def _latents_of(trainer: Trainer, mask):
+    """The trained model's latents as `gfe encode` gives them from the saved model: the flow
+    from its start map (solved and its settings resolved once), or the autoencoder's encoder."""
+    if not trainer.config.is_gfe:
+        def from_encoder(x):
+            with torch.no_grad():
+                return trainer.latents(torch.from_numpy(x), training=False)[0]
+
+        return from_encoder
+    start_map = trainer.start_map()
+    settings = EncodeSettings.resolve(trainer.settings()["encode"], has_start=start_map is not None)
+    return lambda x: settings.flow_encode(trainer.decoder, start_map, x, weights=mask).z
+
+
 def _pca(x_train, x_test, x_probe, *, latent_dim):
     from sklearn.decomposition import PCA
 
     flat = x_train.reshape(len(x_train), -1)
     start = time.perf_counter()
-    pca = PCA(n_components=min(latent_dim, *flat.shape)).fit(flat)
+    pca = PCA(n_components=min(latent_dim, *flat.shape), svd_solver="full").fit(flat)  # exact, reproducible
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
     z = pca.transform(x_test.reshape(len(x_test), -1))
