@@ -182,8 +182,7 @@ def upsample_conv(h: Tensor, conv: nn.Module) -> Tensor:
     """`conv(Upsample(scale_factor=2, mode="nearest")(h))` for a 3-tap, padding-1
     `conv` (1-D or 2-D), as one stride-2 transposed convolution on `h`: no
     upsampled map is built, and each output sums 2 taps per axis instead of 3
-    (the same result up to float rounding; ~2x faster forward and VJP measured
-    on 1-D spectra, docs/benchmarks.md)."""
+    (the same result up to float rounding, in fewer operations)."""
     taps = torch.tensor(_UPSAMPLED_TAPS, dtype=conv.weight.dtype, device=conv.weight.device)
     weight = conv.weight @ taps.T  # (out, in, ..., 4) along the last axis
     if weight.dim() == 4:  # and along the first spatial axis of a 2-D kernel
