@@ -25,7 +25,7 @@ import torch
 
 from ..cli_args import DATA_HELP
 from ..data import load_dataset, open_samples
-from ..encode import encode
+from ..encode import encode, threads_for_rows
 from ..encode_settings import EncodeSettings
 from ..errors import ConfigError
 from ..losses import Loss
@@ -166,7 +166,8 @@ def _run_model(dataset: str, model, *, n, batch, settings, seed, refine_start, r
     xt = torch.from_numpy(x[:batch])
     objective = Objective(decoder, Loss(loss_name))
     zeros = torch.zeros(len(xt), decoder.latent_dim)
-    decoder_rate = len(xt) * _rate(lambda: objective.value_and_grad(zeros, xt), 5)
+    with threads_for_rows(len(xt)):  # the threads the encoding loop uses for such a batch
+        decoder_rate = len(xt) * _rate(lambda: objective.value_and_grad(zeros, xt), 5)
 
     starts = ("zero", "learned") if start_map is not None else ("zero",)
     best_loss = min(float(run_encode({**BEST, "start": start}).loss.mean()) for start in starts)
