@@ -34,7 +34,6 @@ from ..objective import Objective
 from ..persist import load_model
 from ..samples import split
 from ..train import TrainConfig, Trainer
-from ..workflows import encode_file, model_input
 from . import at_least, cli
 from .data_efficiency import machine
 
@@ -74,6 +73,8 @@ def _protocol_decoder(dataset: str, seed: int, progress: bool, refine_start: boo
 def _model_samples(model, dataset: str, n: int):
     """The first `n` samples of `dataset` as read from disk, and as the model in
     directory `model` sees them (`gfe encode`'s preparation), with its mask and axis."""
+    from ..workflows import model_input  # here: the workflows load gfe.ins, which `gfe --help` need not
+
     loaded = load_model(model)
     with open_samples(dataset) as samples:
         inputs = model_input(loaded, samples, EncodeSettings.of_model(loaded))
@@ -87,6 +88,7 @@ def _cli_against_estimator(model, raw, x, axis, repeat: int) -> dict:
     write the raw samples) and of `gfe.GFE.load(model).transform` on the prepared
     samples, repeats interleaved; `transform_over_encode` is the ratio of medians."""
     from ..estimator import GFE  # here: scikit-learn takes seconds to import, which `gfe --help` need not
+    from ..workflows import encode_file
 
     estimator = GFE.load(model)
     times: dict[str, list[float]] = {"gfe_encode": [], "transform": []}
