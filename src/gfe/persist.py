@@ -18,7 +18,6 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from torch import nn
 from .errors import ConfigError, ModelFileError
 from .models import build_decoder, build_encoder_from_config, decoder_classes, encoder_classes
 from .start import STARTS, build_start
+from .version import gfe_version
 
 FORMAT = "gfe-model"
 FORMAT_VERSION = 1
@@ -102,13 +102,6 @@ def file_sha256(path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def gfe_version() -> str:
-    try:
-        return metadata.version("gfe")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _registered_config(module: nn.Module, registry: dict, what: str) -> dict:
