@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from .cli_args import DATA_HELP, int_list, json_dict
+from .cli_args import DATA_HELP, DEVICE_HELP, int_list, json_dict
 
 EXAMPLES = """\
 examples:
@@ -55,6 +55,7 @@ def _add_train(sub) -> None:
     _add_train_model(p.add_argument_group("the model and its optimisation"))
     _add_train_flow(p.add_argument_group("the gradient flow (gfe-* methods)"))
     p.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP + "; a run resumes on any device")
     p.add_argument("--tensorboard", type=Path, metavar="DIR", default=None,
                    help="also log each epoch's losses and flow steps for TensorBoard into DIR (needs the "
                         "'tensorboard' extra); the history is always written to OUT/history.csv")
@@ -163,17 +164,18 @@ def _add_train_flow(g) -> None:
 def _train(args) -> None:
     import dataclasses
 
-    from .distributed import process_group
+    from .distributed import process_device, process_group
     from .train_config import TrainConfig
     from .workflows import train_model
 
     options = {**vars(args), "encode_options": args.encode_options or {}}
     config = TrainConfig(**{f.name: options[f.name] for f in dataclasses.fields(TrainConfig) if f.name in options})
-    with process_group() as replicas:
+    device = process_device(args.device)
+    with process_group(device) as replicas:
         train_model(args.data, args.out, config, key=args.key, decoder=args.decoder, val_fraction=args.val_fraction,
                     normalise=args.normalise, standardise=args.standardise, ranges=args.ranges,
                     weights=args.weights, resume=args.resume, quiet=args.quiet, tensorboard=args.tensorboard,
-                    refine_start=args.refine_start, lazy=args.lazy, replicas=replicas)
+                    refine_start=args.refine_start, lazy=args.lazy, device=device, replicas=replicas)
 
 
 def _add_encode(sub) -> None:
@@ -203,6 +205,7 @@ def _add_encode(sub) -> None:
                         help="split the samples into COUNT shards and encode those not yet in the folder -o "
                              "(a killed run resumes); under 'torchrun --nproc-per-node N -m gfe encode' each "
                              "process takes every N-th shard (default there: one shard per process)")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(run=_encode)
 
@@ -213,10 +216,11 @@ def _encode(args) -> None:
     from .workflows import encode_file
 
     if args.shard is None and args.shards is None and not launched_by_torchrun():
-        encode_file(args.model, args.data, args.output, key=args.key, options=args.options, quiet=args.quiet)
+        encode_file(args.model, args.data, args.output, key=args.key, options=args.options, quiet=args.quiet,
+                    device=args.device)
     else:
         encode_shards(args.model, args.data, args.output, shard=args.shard, count=args.shards, key=args.key,
-                      options=args.options, quiet=args.quiet)
+                      options=args.options, quiet=args.quiet, device=args.device)
 
 
 def _add_merge(sub) -> None:
@@ -247,6 +251,7 @@ def _add_decode(sub) -> None:
     p.add_argument("model", type=Path, help="model directory written by 'gfe train'")
     p.add_argument("latents", type=Path, help="latents file (.h5, .npz with array 'z', or .npy)")
     p.add_argument("-o", "--output", required=True, type=Path, help="reconstructions (.npy)")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(run=_decode)
 
@@ -254,7 +259,7 @@ def _add_decode(sub) -> None:
 def _decode(args) -> None:
     from .workflows import decode_file
 
-    decode_file(args.model, args.latents, args.output, quiet=args.quiet)
+    decode_file(args.model, args.latents, args.output, quiet=args.quiet, device=args.device)
 
 
 def _add_plot(sub) -> None:
@@ -274,6 +279,7 @@ def _add_plot(sub) -> None:
                    help="samples, spread evenly over DATA, encoded for the latent-space view (encoding time grows "
                         "with it)")
     p.add_argument("--show", type=int, default=8, help="samples shown with their reconstructions")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(run=_plot)
 
@@ -282,7 +288,7 @@ def _plot(args) -> None:
     from .workflows import plot_model
 
     plot_model(args.model, args.data, args.out, key=args.key, samples=args.samples, show=args.show,
-               quiet=args.quiet)
+               quiet=args.quiet, device=args.device)
 
 
 def _add_info(sub) -> None:

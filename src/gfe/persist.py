@@ -26,6 +26,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from .devices import resolve_device
 from .errors import ConfigError, ModelFileError
 from .models import build_decoder, build_encoder_from_config, decoder_classes, encoder_classes
 from .start import STARTS, build_start
@@ -214,8 +215,11 @@ def _load_weights(module: nn.Module, tensors: dict, what: str, path: Path) -> No
     module.load_state_dict({name: tensor.float() for name, tensor in tensors.items()}, assign=True)
 
 
-def load_model(directory) -> LoadedModel:
-    """Read a model directory written by `save_model`, verifying it first."""
+def load_model(directory, device="cpu") -> LoadedModel:
+    """Read a model directory written by `save_model`, verifying it first, with
+    its modules on `device` (`gfe.devices.resolve_device`): weights are saved
+    from the CPU, so a model trained on any device loads on any other."""
+    device = resolve_device(device)
     directory = Path(directory)
     if not directory.is_dir():
         raise ModelFileError(f"no model directory at {directory}")
@@ -251,7 +255,7 @@ def load_model(directory) -> LoadedModel:
         prefix = f"{what}."
         own = {name[len(prefix):]: t for name, t in tensors.items() if name.startswith(prefix)}
         _load_weights(module, own, what, weights_path)
-        module.float().eval()
+        module.float().eval().to(device)
     arrays = {name[len(ARRAYS) + 1:]: t.numpy() for name, t in tensors.items() if name.startswith(f"{ARRAYS}.")}
     return LoadedModel(decoder=decoder, encoder=encoder, settings=config["settings"], config=config, start=start,
                        arrays=arrays)
