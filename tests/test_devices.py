@@ -1,7 +1,7 @@
 """Devices: names checked with clear errors, `--device cpu` (the default) changes
 nothing, and, where a CUDA GPU is present, training, encoding, decoding and the
 estimator run on it and their files load anywhere. The GPU tests are skipped
-without one; `bench/gpu_check.sh` runs them on a lent GPU."""
+without one; `bench/gpu_check.py` runs them on a lent GPU."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from gfe.workflows import decode_file, encode_file, train_model
 
 CONFIG = dict(latent_dim=2, epochs=2, batch_size=8, loss="mse", encode_options={"max_steps": 20},
               encode_ahead=2)
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/gpu_check.sh runs these on one)")
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/gpu_check.py runs these on one)")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,9 @@
 in fresh interpreters, the rounds interleaved (so a busy moment of a shared
 machine slows every command alike), the median reported beside a bare
 `python -c pass`. Each command is also run once more to list which heavy
-libraries it loaded, since start-up time is mostly import time.
+libraries it loaded, since start-up time is mostly import time. `baseline`, the
+`src` folder of another gfe checkout, runs the same commands in the same rounds
+for a before-and-after comparison.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 
 from ..models import MLPDecoder
 from ..persist import save_model
+from ..errors import ConfigError
 from . import at_least, cli
 from .data_efficiency import machine
 
@@ -37,10 +40,9 @@ def _commands(model: Path) -> dict[str, list[str]]:
     }
 
 
-def _environment() -> dict[str, str]:
-    """The environment with this gfe first on the path, so the children import it."""
-    here = str(Path(__file__).resolve().parents[2])
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
+def _environment(src: Path) -> dict[str, str]:
+    """The environment with the gfe in `src` first on the path, so the children import it."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))}
 
 
 def _seconds(args: list[str], env: dict) -> float:
@@ -59,26 +61,31 @@ def _loaded(args: list[str], env: dict) -> list[str]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run(repeat: int = 7, progress: bool = True) -> dict:
+def run(repeat: int = 7, baseline: Path | None = None, progress: bool = True) -> dict:
     at_least(1, repeat=repeat)
-    env = _environment()
+    sources = {"this gfe": Path(__file__).resolve().parents[2]}
+    if baseline is not None:
+        if not (Path(baseline) / "gfe" / "__init__.py").is_file():
+            raise ConfigError(f"baseline must be the src folder of a gfe checkout; {baseline} has no gfe/__init__.py")
+        sources["baseline"] = Path(baseline).resolve()
     with tempfile.TemporaryDirectory() as folder:
         model = save_model(Path(folder) / "model", MLPDecoder(2, (16,), hidden=(8,)), settings={"encode": {}})
-        commands = _commands(model)
-        times = {name: [] for name in commands}
+        runs = [(source, name, args, _environment(src)) for source, src in sources.items()
+                for name, args in _commands(model).items()]
+        times = {(source, name): [] for source, name, _, _ in runs}
         for _ in range(repeat):
-            for name, args in commands.items():
-                times[name].append(_seconds(args, env))
-        loaded = {name: _loaded(args, env) for name, args in commands.items()}
-    rows = [{"command": name, "median_seconds": float(np.median(each)), "seconds_each": each,
-             "loads": loaded[name]} for name, each in times.items()]
+            for source, name, args, env in runs:
+                times[source, name].append(_seconds(args, env))
+        rows = [{"source": source, "command": name, "median_seconds": float(np.median(times[source, name])),
+                 "seconds_each": times[source, name], "loads": _loaded(args, env)} for source, name, args, env in runs]
     if progress:
         for row in rows:
-            print(f"{row['command']:>18}: {row['median_seconds']:.3f} s (median of {repeat}); loads "
-                  f"{', '.join(row['loads']) or 'none of ' + ', '.join(HEAVY)}", flush=True)
-    help_seconds = float(np.median(times["gfe --help"]))
-    return {"benchmark": "startup", "repeat": repeat, "goal_help_seconds": GOAL_HELP_SECONDS,
-            "help_within_goal": help_seconds <= GOAL_HELP_SECONDS, "machine": machine(), "results": rows}
+            print(f"{row['source']:>8} {row['command']:>18}: {row['median_seconds']:.3f} s (median of {repeat}); "
+                  f"loads {', '.join(row['loads']) or 'none of ' + ', '.join(HEAVY)}", flush=True)
+    help_seconds = float(np.median(times["this gfe", "gfe --help"]))
+    return {"benchmark": "startup", "repeat": repeat, "baseline": None if baseline is None else str(baseline),
+            "goal_help_seconds": GOAL_HELP_SECONDS, "help_within_goal": help_seconds <= GOAL_HELP_SECONDS,
+            "machine": machine(), "results": rows}
 
 
 def add_parser(bench) -> None:
@@ -88,5 +95,8 @@ def add_parser(bench) -> None:
         "fresh interpreters, the rounds interleaved; report the median seconds of each and the heavy libraries "
         "(PyTorch, scikit-learn, matplotlib, h5py, torchode, ...) each loads.")
     q.add_argument("--repeat", type=int, default=7, help="rounds of every command")
+    q.add_argument("--baseline", type=Path, default=None, metavar="SRC",
+                   help="the src folder of another gfe checkout (e.g. before a change), timed in the same rounds")
     cli.add_result_options(q)
-    q.set_defaults(run=lambda args: cli.emit(run(args.repeat, progress=not args.quiet), args.json, args.quiet))
+    q.set_defaults(run=lambda args: cli.emit(run(args.repeat, args.baseline, progress=not args.quiet), args.json,
+                                             args.quiet))
