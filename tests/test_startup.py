@@ -30,6 +30,15 @@ def test_gfe_help_loads_no_heavy_library():
     assert loaded_after(code) == []
 
 
+def test_gfe_info_on_a_model_loads_no_heavy_library(tmp_path):
+    from gfe.models import MLPDecoder
+    from gfe.persist import save_model
+
+    model = save_model(tmp_path / "m", MLPDecoder(2, (4,), hidden=(8,)), settings={"encode": {"loss": "mse"}})
+    code = f"import gfe.cli\ngfe.cli.main(['info', {str(model)!r}])"
+    assert loaded_after(code) == []
+
+
 def test_a_command_builds_only_its_own_options():
     assert loaded_after("import gfe.cli; gfe.cli.build_parser(['decode', '--help'])") == []
     assert "torch" in loaded_after("import gfe.cli; gfe.cli.build_parser(['train', '--help'])")

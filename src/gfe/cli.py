@@ -300,9 +300,9 @@ def _add_info(sub) -> None:
 
 def _info(path: Path) -> dict:
     if path.is_dir():
-        from .persist import load_model
+        from .model_files import verified_model_files  # the config, verified, without PyTorch
 
-        config = load_model(path).config
+        config = verified_model_files(path)[0]
         return _brief({key: config[key] for key in ("gfe_version", "decoder", "encoder", "settings", "weights_sha256")})
     from .latents import read_latents  # h5py: only for latents files
 

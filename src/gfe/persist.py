@@ -28,16 +28,12 @@ from torch import nn
 
 from .devices import resolve_device
 from .errors import ConfigError, ModelFileError
+from .model_files import CONFIG_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE, verified_model_files
 from .models import build_decoder, build_encoder_from_config, decoder_classes, encoder_classes
 from .start import STARTS, build_start
 from .version import gfe_version
 
-FORMAT = "gfe-model"
-FORMAT_VERSION = 1
-WEIGHTS_FILE = "weights.safetensors"
-CONFIG_FILE = "config.json"
 ARRAYS = "arrays"  # the weights file's prefix for arrays that are no module's
-_REQUIRED_KEYS = ("format", "format_version", "decoder", "encoder", "settings", "weights_sha256")
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -169,26 +165,6 @@ class LoadedModel:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # `save_model`'s arrays
 
 
-def _read_config(path: Path) -> dict:
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelFileError(f"{path} is not valid JSON: {err}") from err
-    if not isinstance(config, dict):
-        raise ModelFileError(f"{path} must hold a JSON object; got {type(config).__name__}")
-    missing = [key for key in _REQUIRED_KEYS if key not in config]
-    if missing:
-        raise ModelFileError(f"{path} lacks the keys {missing}")
-    if config["format"] != FORMAT:
-        raise ModelFileError(f"{path} is not a gfe model: format is {config['format']!r}, not {FORMAT!r}")
-    if config["format_version"] != FORMAT_VERSION:
-        raise ModelFileError(
-            f"{path} has format_version {config['format_version']!r}; this gfe reads {FORMAT_VERSION}")
-    if not isinstance(config["settings"], dict):
-        raise ModelFileError(f"{path}: settings must be a JSON object")
-    return config
-
-
 def _build(builder, config, what: str, path: Path) -> nn.Module:
     """The module the config describes, on the meta device: shapes without
     storage, so a config naming huge layers allocates nothing before its
@@ -220,21 +196,8 @@ def load_model(directory, device="cpu") -> LoadedModel:
     its modules on `device` (`gfe.devices.resolve_device`): weights are saved
     from the CPU, so a model trained on any device loads on any other."""
     device = resolve_device(device)
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise ModelFileError(f"no model directory at {directory}")
-    config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise ModelFileError(f"{directory} has no {path.name}; is it a gfe model directory?")
-    config = _read_config(config_path)
-
-    weights = weights_path.read_bytes()  # read once: hash and parse the same bytes
-    digest = hashlib.sha256(weights).hexdigest()
-    if digest != config["weights_sha256"]:
-        raise ModelFileError(
-            f"{weights_path} does not match the sha256 digest recorded in {CONFIG_FILE} "
-            f"(expected {config['weights_sha256']}, got {digest}): the file was modified or corrupted")
+    config, weights = verified_model_files(directory)
+    config_path, weights_path = Path(directory) / CONFIG_FILE, Path(directory) / WEIGHTS_FILE
     try:
         tensors = safetensors.torch.load(weights)
     except safetensors.SafetensorError as err:
