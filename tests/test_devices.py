@@ -13,6 +13,7 @@ from gfe.cli import main
 from gfe.devices import resolve_device
 from gfe.errors import ConfigError
 from gfe.estimator import GFE
+from gfe.models import MLPDecoder
 from gfe.persist import load_model
 from gfe.train import TrainConfig, Trainer
 from gfe.workflows import decode_file, encode_file, train_model
@@ -68,6 +69,15 @@ def test_training_on_a_gpu_writes_a_model_and_checkpoint_any_device_loads(data, 
     x = np.load(data)
     resumed.fit(x[:40])  # a third epoch on the CPU, from the GPU's checkpoint (optimizer state included)
     assert len(resumed.history) == 3
+
+
+@gpu
+def test_the_autoencoder_baseline_trains_on_a_gpu(data):
+    decoder = MLPDecoder(2, (12,), hidden=(16,)).to("cuda")
+    trainer = Trainer(TrainConfig(method="ae", latent_dim=2, batch_size=8, loss="mse"), (12,), decoder=decoder,
+                      progress=False)
+    assert np.isfinite(trainer.fit(np.load(data))[-1].train_loss)
+    assert next(trainer.source.encoder.parameters()).is_cuda
 
 
 @gpu

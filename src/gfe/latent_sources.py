@@ -33,7 +33,7 @@ class EncoderLatents:
     exact_gradients = False
 
     def __init__(self, decoder: nn.Module, config: TrainConfig):
-        self.encoder = build_encoder(decoder)
+        self.encoder = build_encoder(decoder).to(module_device(decoder))  # built on the CPU, as the decoder
         self.update_penalty = ("l2", config.latent_penalty) if config.latent_penalty else (None, 0.0)
         self.state: dict = {}  # nothing to checkpoint besides the model
 
