@@ -49,7 +49,8 @@ def _add_train(sub) -> None:
         description="Train a decoder on DATA and write a model directory (weights.safetensors, config.json, "
                     "history.csv). A checkpoint is written after every epoch; a killed run continues with --resume. "
                     "Under 'torchrun --nproc-per-node N -m gfe train ...' every batch is split across the N "
-                    "processes (DDP over gloo) and the result matches one process; see docs/distributed.md.",
+                    "processes (DDP over gloo; with --device cuda one GPU per process, over NCCL) and the result "
+                    "matches one process; see docs/distributed.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_train_data(p.add_argument_group("the data and how the model sees them"))
     _add_train_model(p.add_argument_group("the model and its optimisation"))
