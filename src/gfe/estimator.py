@@ -18,6 +18,7 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
+from .devices import module_device, resolve_device
 from .encode import Encoding
 from .encode_settings import EncodeSettings
 from .errors import ConfigError, DataError, ModelFileError
@@ -89,6 +90,11 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     random_state : int, RandomState or None, default=0
         Seeds the decoder's initial weights and the data order. Encodings use
         no randomness.
+    device : str, default="cpu"
+        Where to train and encode: "cpu", "cuda", "cuda:N" or "mps"
+        (`gfe.devices.resolve_device`). The decoder is built on the CPU, so its
+        initial weights do not depend on the device; arrays in and out stay
+        NumPy, and a saved model loads on any device.
     verbose : bool, default=False
         Show a progress bar per epoch. Off by default, as scikit-learn
         estimators are silent; `gfe train` reports unless --quiet.
@@ -169,6 +175,7 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         latent_penalty=TrainConfig.latent_penalty,
         latent_noise=TrainConfig.latent_noise,
         random_state=TrainConfig.seed,
+        device="cpu",
         verbose=False,
     ):
         self.latent_dim = latent_dim
@@ -187,6 +194,7 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.latent_penalty = latent_penalty
         self.latent_noise = latent_noise
         self.random_state = random_state
+        self.device = device
         self.verbose = verbose
 
     # ------------------------------------------------------------------ fitting
@@ -201,12 +209,13 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     def _fit(self, X) -> Encoding:
         config = self._train_config()
+        device = resolve_device(self.device)
         X = validate_data(self, X, dtype=np.float32)
         shape = self._feature_shape(X.shape[1])
         # Seed the initial weights without disturbing the caller's torch RNG.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            decoder = self._build_decoder(config.latent_dim, shape)
+            decoder = self._build_decoder(config.latent_dim, shape).to(device)
             trainer = Trainer(config, shape, decoder=decoder, progress=bool(self.verbose))
             trainer.fit(X)
             if self.refine_start:
@@ -298,7 +307,8 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 f"Z has {Z.shape[1]} columns, but this GFE has latent_dim={self.decoder_.latent_dim}; "
                 "pass latents shaped like transform's output")
         with torch.no_grad():
-            out = self.decoder_(torch.from_numpy(np.array(Z)))  # a copy: Z may be read-only
+            z = torch.from_numpy(np.array(Z))  # a copy: Z may be read-only
+            out = self.decoder_(z.to(module_device(self.decoder_)))
         return _numpy(link(self._settings["encode"]["loss"], out).reshape(len(Z), -1))
 
     def score(self, X, y=None) -> float:
@@ -323,7 +333,8 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         # Every constructor parameter, so that `load` restores them all; random_state as the seed fit
         # used, which is what it meant for this model (a RandomState cannot be written as JSON).
         params = {name: _plain(value) for name, value in self.get_params().items()}
-        fitted = {"params": {**params, "random_state": self._settings["train_config"]["seed"]},
+        fitted = {"params": {**params, "random_state": self._settings["train_config"]["seed"],
+                             "device": str(self.device)},
                   "n_features_in": self.n_features_in_, "n_iter": self.n_iter_, "history": self.history_,
                   "reconstruction_err": self.reconstruction_err_, "encode_stats": self.encode_stats_}
         if hasattr(self, "feature_names_in_"):
@@ -332,15 +343,16 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                           start=self.start_)
 
     @classmethod
-    def load(cls, directory) -> "GFE":
+    def load(cls, directory, device="cpu") -> "GFE":
         """A fitted GFE from a model directory written by `save`, with the
         parameters it was saved with (an int `random_state` in place of a
         RandomState or None: the seed `fit` drew), so `clone` retrains the same
         model; or by `Trainer` or the command line for a gradient-flow method
         (then the parameters are those its training config records,
         `reconstruction_err_` and `encode_stats_`, which only `fit` records, are
-        None, `history_` is empty and `n_iter_` is the configured number of epochs)."""
-        loaded = load_model(directory)
+        None, `history_` is empty and `n_iter_` is the configured number of epochs).
+        The model is loaded onto `device`, which becomes its `device` parameter."""
+        loaded = load_model(directory, device)
         settings = dict(loaded.settings)
         if loaded.encoder is not None or "train_config" not in settings or "encode" not in settings:
             raise ModelFileError(f"{directory} does not hold a gradient-flow model that GFE can load")
@@ -355,7 +367,7 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                           random_state=train["seed"])
         elif isinstance(params.get("feature_shape"), list):  # JSON has no tuples
             params = {**params, "feature_shape": tuple(params["feature_shape"])}
-        model = cls(**params)
+        model = cls(**{**params, "device": str(resolve_device(device))})
         model.decoder_ = loaded.decoder
         model.start_ = loaded.start
         model._settings = settings

@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import read_checkpoint, write_checkpoint
+from .devices import module_device
 from .distributed import Replicas
 from .encode import as_weights, threads_for_rows
 from .errors import ConfigError, ModelFileError, TrainingError
@@ -85,6 +86,7 @@ class Trainer:
                 param = next(self.decoder.parameters())
                 self.weights = as_weights(weights, param.new_empty((0, *self.decoder.out_shape)), param)
             self.source = latent_source(self.decoder, config, self.weights)
+        self.device = module_device(self.decoder)  # samples stay on the CPU; each batch goes here
         self.replicas = replicas
         self.update_decoder = replicas.wrap(self.decoder)  # the flow must use the plain decoder
         self.optimizer = OPTIMIZERS[config.optimizer](
@@ -307,7 +309,7 @@ class Trainer:
     def _batch(self, x: torch.Tensor | SampleRows, index) -> torch.Tensor:
         """Rows `index` of samples from `_tensor`."""
         rows = x[index]
-        return rows if isinstance(rows, torch.Tensor) else self._tensor(rows.read())
+        return (rows if isinstance(rows, torch.Tensor) else self._tensor(rows.read())).to(self.device)
 
     # ------------------------------------------------------------- persistence
     def settings(self) -> dict:
@@ -327,10 +329,11 @@ class Trainer:
                                 {"history": [asdict(r) for r in self.history]})
 
     @classmethod
-    def resume(cls, directory, **kwargs) -> "Trainer":
-        """Rebuild a trainer from the last complete checkpoint in `directory`."""
+    def resume(cls, directory, *, device="cpu", **kwargs) -> "Trainer":
+        """Rebuild a trainer from the last complete checkpoint in `directory`, on
+        `device` (checkpoints are saved from the CPU: any device resumes any run)."""
         target, states, records = read_checkpoint(directory, ("optimizer", "start", "best"))
-        loaded = load_model(target)
+        loaded = load_model(target, device)
         try:
             config = TrainConfig(**loaded.settings["train_config"])
             history = [EpochRecord(**r) for r in records["history"]]

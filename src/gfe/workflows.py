@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from .channels import Channels
 from .checkpoint import LATEST
 from .data import open_samples
+from .devices import module_device, resolve_device
 from .distributed import Replicas
 from .encode import Encoding, as_weights
 from .encode_settings import EncodeSettings
@@ -52,7 +53,7 @@ def _say(quiet: bool, text: str) -> None:
 def train_model(data, out, config: TrainConfig, *, key=None, decoder: str = "mlp", val_fraction: float = 0.1,
                 normalise: str = "none", standardise: bool = False, ranges=None, weights=None, resume: bool = False,
                 quiet: bool = False,
-                tensorboard=None, refine_start: bool = False, lazy: bool = False,
+                tensorboard=None, refine_start: bool = False, lazy: bool = False, device="cpu",
                 replicas: Replicas = Replicas()) -> Trainer:
     """Train on the samples in `data` as `config` says and write the model directory `out`.
 
@@ -77,8 +78,11 @@ def train_model(data, out, config: TrainConfig, *, key=None, decoder: str = "mlp
     needed (after one pass that checks them all), for data larger than memory; the
     run is the same, bit for bit. With `refine_start`, the saved start map is
     refitted on converged latents of the training samples (`Trainer.refine_start`;
-    one process only).
+    one process only). The decoder trains on `device` (`gfe.devices.resolve_device`;
+    under torchrun, each process's own, `gfe.distributed.process_device`), built
+    on the CPU first so its initial weights are the same on every device.
     """
+    device = resolve_device(device)
     if decoder not in DECODERS:
         raise ConfigError(f"unknown decoder {decoder!r}; expected one of {', '.join(DECODERS)}")
     if not 0 <= val_fraction < 1:
@@ -92,7 +96,7 @@ def train_model(data, out, config: TrainConfig, *, key=None, decoder: str = "mlp
         samples = stack.enter_context(open_samples(data, key))
         inputs = ModelInput(samples, normalise, config.loss, Channels.choose(samples.on_disk, ranges, weights))
         inputs, x_train, x_val = _training_rows(inputs, val_fraction, config.seed, lazy, standardise)
-        trainer = _trainer(out / CHECKPOINTS, config, decoder, inputs, resume, quiet, replicas)
+        trainer = _trainer(out / CHECKPOINTS, config, decoder, inputs, resume, quiet, replicas, device)
         if refine_start:  # refused before training, not after
             trainer.check_refine_start()
         trainer.callbacks = (*trainer.callbacks, _reporter(quiet))
@@ -140,12 +144,13 @@ def _split_rows(inputs: ModelInput, val_fraction: float, seed: int, lazy: bool):
 
 
 def _trainer(checkpoints: Path, config: TrainConfig, decoder: str, inputs: ModelInput, resume: bool, quiet: bool,
-             replicas: Replicas) -> Trainer:
+             replicas: Replicas, device: torch.device) -> Trainer:
     """A trainer resumed from `checkpoints`, or a new one (refused over an existing run)."""
     progress = not quiet
     if resume:
         replicas.barrier()  # every replica resumes from the same checkpoint
-        trainer = Trainer.resume(checkpoints, progress=progress, replicas=replicas, weights=inputs.mask)
+        trainer = Trainer.resume(checkpoints, device=device, progress=progress, replicas=replicas,
+                                 weights=inputs.mask)
         trainer.config = dataclasses.replace(trainer.config, epochs=config.epochs)
         _say(quiet, f"resuming {checkpoints} after epoch {len(trainer.history)} of {config.epochs}")
         return trainer
@@ -156,7 +161,7 @@ def _trainer(checkpoints: Path, config: TrainConfig, decoder: str, inputs: Model
     with torch.random.fork_rng(devices=[]):  # seeded initial weights; the caller's RNG is left alone
         torch.manual_seed(config.seed)
         model = DECODERS[decoder].decoder(config.latent_dim, feature_shape)
-    return Trainer(config, feature_shape, decoder=model, checkpoint_dir=checkpoints, progress=progress,
+    return Trainer(config, feature_shape, decoder=model.to(device), checkpoint_dir=checkpoints, progress=progress,
                    replicas=replicas, weights=inputs.mask)
 
 
@@ -304,12 +309,12 @@ class _Totals:
                 "mean_nfe": self.nfe / n, "status": dict(self.status)}
 
 
-def encode_file(model, data, output, *, key=None, options=None, quiet=False) -> dict:
-    """Encode the samples of `data` with the model in `model` and write `output`
-    a chunk at a time (`write_encoded`): .npy files and HDF5 datasets are read
-    as needed, so data larger than memory can be encoded. Returns the summary."""
+def encode_file(model, data, output, *, key=None, options=None, quiet=False, device="cpu") -> dict:
+    """Encode the samples of `data` with the model in `model` on `device` and write
+    `output` a chunk at a time (`write_encoded`): .npy files and HDF5 datasets are
+    read as needed, so data larger than memory can be encoded. Returns the summary."""
     output = latents_path(output)
-    loaded = load_model(model)
+    loaded = load_model(model, device)
     settings = EncodeSettings.of_model(loaded, options)
     with open_samples(data, key) as samples:
         inputs = model_input(loaded, samples, settings)
@@ -324,13 +329,14 @@ def encode_file(model, data, output, *, key=None, options=None, quiet=False) -> 
 def _encode_with_encoder(loaded, x: np.ndarray, loss_name: str, weights=None) -> Encoding:
     """An autoencoder model's latents come from its encoder (one forward pass)."""
     with torch.no_grad():
-        xt = torch.from_numpy(x)
+        xt = torch.from_numpy(x).to(module_device(loaded.encoder))
         z = loaded.encoder(xt)
         w = None if weights is None else as_weights(weights, xt, xt)
         loss = Loss(loss_name)(loaded.decoder(z), xt, z, w)
     n = len(x)
-    zeros = torch.zeros(n, dtype=torch.long)
-    return Encoding(z, loss, zeros, zeros, torch.full((n,), int(Status.CONVERGED)), torch.zeros(n, dtype=torch.float64))
+    zeros = xt.new_zeros(n, dtype=torch.long)
+    return Encoding(z, loss, zeros, zeros, xt.new_full((n,), int(Status.CONVERGED), dtype=torch.long),
+                    xt.new_zeros(n, dtype=torch.float64))
 
 
 def reconstruct(loaded, z, scale: np.ndarray | None = None) -> np.ndarray:
@@ -339,8 +345,8 @@ def reconstruct(loaded, z, scale: np.ndarray | None = None) -> np.ndarray:
     `ModelInput.prepare` did undone in reverse: the model's standardisation, then
     the per-sample normalisation `scale` the latents were encoded with (None: none)."""
     with torch.no_grad():
-        out = link(loaded.settings.get("encode", {}).get("loss", "bce"),
-                   loaded.decoder(torch.from_numpy(np.asarray(z, dtype=np.float32)))).numpy()
+        z = torch.from_numpy(np.asarray(z, dtype=np.float32)).to(module_device(loaded.decoder))
+        out = link(loaded.settings.get("encode", {}).get("loss", "bce"), loaded.decoder(z)).cpu().numpy()
     standardised = standardisation(loaded)
     if standardised is not None:
         out = standardised.undo(out)
@@ -349,12 +355,12 @@ def reconstruct(loaded, z, scale: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-def decode_file(model, latents, output, *, quiet=False) -> np.ndarray:
-    """Decode the latents in `latents` with `model` and write reconstructions (.npy)."""
+def decode_file(model, latents, output, *, quiet=False, device="cpu") -> np.ndarray:
+    """Decode the latents in `latents` with `model` on `device` and write reconstructions (.npy)."""
     output = Path(output)
     if output.suffix.lower() != ".npy":
         raise DataError(f"reconstructions are written as .npy; got {output}")
-    loaded = load_model(model)
+    loaded = load_model(model, device)
     z, meta = read_latents(latents)
     scale = read_scale(latents, len(z))
     made_by = meta.get("model_weights_sha256")
@@ -388,19 +394,19 @@ def read_history(model) -> dict[str, np.ndarray] | None:
     return {name: np.array([float(row[name]) for row in rows]) for name in rows[0]}
 
 
-def plot_model(model, data, out, *, key=None, samples=50, show=8, quiet=False) -> list[Path]:
+def plot_model(model, data, out, *, key=None, samples=50, show=8, quiet=False, device="cpu") -> list[Path]:
     """Write the figures of a trained model to the folder `out`: the first `show`
     samples of `data` with their reconstructions in the data's units (spectra
     overlaid, with residuals), the training curves (when the model has a
     history), and the latents of `samples` samples spread evenly over `data` on
     their principal axes, coloured by loss. Only those samples are read and
-    encoded, so the figures take seconds however large `data` is. Returns the
-    paths written."""
+    encoded (on `device`), so the figures take seconds however large `data` is.
+    Returns the paths written."""
     from . import plots
 
     if samples < 1 or show < 1:
         raise ConfigError(f"samples and show must be positive; got {samples} and {show}")
-    loaded = load_model(model)
+    loaded = load_model(model, device)
     settings = EncodeSettings.of_model(loaded)
     with open_samples(data, key) as source:
         inputs, total = model_input(loaded, source, settings), len(source)
@@ -410,7 +416,7 @@ def plot_model(model, data, out, *, key=None, samples=50, show=8, quiet=False) -
         x, scale = inputs.prepare(raw)
         axis, axis_label = inputs.channels.model_axis, _axis_label(source.on_disk)
     encoding = encode_samples(loaded, x, settings, progress=not quiet, weights=inputs.mask)
-    z, loss = encoding.z.detach().numpy(), encoding.loss.detach().numpy()
+    z, loss = encoding.z.detach().cpu().numpy(), encoding.loss.detach().cpu().numpy()
     shown = slice(0, min(show, total))
     name, out = Path(model).name, Path(out)
     recon = reconstruct(loaded, z, scale)[shown]  # decoded in one batch, as `gfe decode` does

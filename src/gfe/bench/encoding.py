@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cli_args import DATA_HELP
+from ..cli_args import DATA_HELP, DEVICE_HELP
 from ..data import load_dataset
+from ..devices import device_record, resolve_device, synchronize
 from ..encode import encode
 from ..errors import ConfigError
 from ..losses import Loss
@@ -66,35 +67,40 @@ def _decoder(model, dataset: str, seed: int, progress: bool, refine_start: bool 
     return trainer.decoder, "bce", trainer.start_map(), time.perf_counter() - start if refine_start else None
 
 
-def _rate(fn, repeats: int, trials: int = 5) -> float:
-    """Calls per second of `fn` after one warm-up call: the best of `trials`
-    runs of `repeats` calls, since a shared machine only ever slows it down."""
+def _rate(fn, repeats: int, device: torch.device, trials: int = 5) -> float:
+    """Calls per second of `fn` on `device` after one warm-up call: the best of
+    `trials` runs of `repeats` calls, since a shared machine only ever slows it down."""
     fn()
     best = math.inf
     for _ in range(trials):
+        synchronize(device)
         start = time.perf_counter()
         for _ in range(repeats):
             fn()
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
     return repeats / best
 
 
-def _matmul_gflops(size: int = 1024) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    return 2 * size**3 * _rate(lambda: a @ b, 20) / 1e9
+def _matmul_gflops(device: torch.device, size: int = 1024) -> float:
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    return 2 * size**3 * _rate(lambda: a @ b, 20, device) / 1e9
 
 
 def run(dataset: str, *, model=None, n: int = 10_000, batch: int = 4096, settings: dict | None = None,
-        seed: int = 0, refine_start: bool = False, repeat: int = 1, progress: bool = True) -> dict:
+        seed: int = 0, refine_start: bool = False, repeat: int = 1, device="cpu", progress: bool = True) -> dict:
     """`repeat` encodes with each setting that many times (identical results) and
-    reports the median time, since a shared machine's timings vary."""
+    reports the median time, since a shared machine's timings vary. The decoder
+    is trained on the CPU (the same one whatever `device`), then encodes on `device`."""
     at_least(1, n=n, batch=batch, repeat=repeat)
+    device = resolve_device(device)
     if model is not None and refine_start:
         raise ConfigError("refine_start applies to the decoder this benchmark trains, not to a given model "
                           "(train that with 'gfe train --refine-start')")
     data = load_dataset(dataset)
     decoder, loss_name, start_map, refine_seconds = _decoder(model, dataset, seed, progress, refine_start)
-    decoder.eval()
+    decoder.eval().to(device)
+    start_map = None if start_map is None else start_map.to(device)
     x = data.x[:n]
     settings = SETTINGS if settings is None else settings
     if start_map is None:  # a model without a start map: only the settings from z0 = 0
@@ -108,11 +114,11 @@ def run(dataset: str, *, model=None, n: int = 10_000, batch: int = 4096, setting
     params = sum(p.numel() for p in decoder.parameters())
     flops_per_eval = 4 * params  # forward and input-VJP: one multiply-add per weight each
 
-    xt = torch.from_numpy(x[:batch])
+    xt = torch.from_numpy(x[:batch]).to(device)
     objective = Objective(decoder, Loss(loss_name))
-    zeros = torch.zeros(len(xt), decoder.latent_dim)
-    decoder_rate = len(xt) * _rate(lambda: objective.value_and_grad(zeros, xt), 5)
-    matmul = _matmul_gflops()
+    zeros = torch.zeros(len(xt), decoder.latent_dim, device=device)
+    decoder_rate = len(xt) * _rate(lambda: objective.value_and_grad(zeros, xt), 5, device)
+    matmul = _matmul_gflops(device)
 
     starts = ("zero", "learned") if start_map is not None else ("zero",)
     best_loss = min(float(run_encode({**BEST, "start": start}).loss.mean()) for start in starts)
@@ -120,8 +126,10 @@ def run(dataset: str, *, model=None, n: int = 10_000, batch: int = 4096, setting
     for name, options in settings.items():
         times = []
         for _ in range(repeat):
+            synchronize(device)
             start = time.perf_counter()
             enc = run_encode(options, progress=progress)
+            synchronize(device)
             times.append(time.perf_counter() - start)
         seconds = float(np.median(times))
         evals = float(enc.nfe.sum())
@@ -129,7 +137,7 @@ def run(dataset: str, *, model=None, n: int = 10_000, batch: int = 4096, setting
             "setting": name, "options": options, "samples": len(x), "seconds": seconds, "seconds_each": times,
             "ms_per_sample": 1e3 * seconds / len(x), "samples_per_second": len(x) / seconds,
             "mean_loss": float(enc.loss.mean()), "loss_over_best": float(enc.loss.mean()) / best_loss - 1,
-            "mean_nfe": evals / len(x), "p95_nfe": float(np.percentile(enc.nfe.numpy(), 95)),
+            "mean_nfe": evals / len(x), "p95_nfe": float(np.percentile(enc.nfe.cpu().numpy(), 95)),
             "mean_steps": float(enc.steps.float().mean()), "status": enc.status_counts(),
             "evals_per_second": evals / seconds, "of_decoder_rate": evals / seconds / decoder_rate,
             "gflops": evals * flops_per_eval / seconds / 1e9,
@@ -146,7 +154,7 @@ def run(dataset: str, *, model=None, n: int = 10_000, batch: int = 4096, setting
         "samples": len(x), "batch": batch, "decoder_parameters": params, "best_loss": best_loss,
         "best_options": BEST, "decoder_evals_per_second": decoder_rate,
         "decoder_gflops": decoder_rate * flops_per_eval / 1e9, "matmul_gflops": matmul,
-        "machine": machine(),
+        "machine": {**machine(), **device_record(device)},
         "results": rows,
     }
 
@@ -169,6 +177,8 @@ def add_parser(bench) -> None:
                    help="run only the settings whose name contains TEXT, e.g. 'learned start'")
     q.add_argument("--repeat", type=int, default=1,
                    help="encode with each setting this many times (identical results) and report the median time")
+    q.add_argument("--device", default="cpu", help=DEVICE_HELP + "; the decoder this benchmark trains is trained "
+                                                               "on the CPU either way")
     cli.add_result_options(q)
     q.set_defaults(run=_command)
 
@@ -181,5 +191,5 @@ def _command(args) -> None:
             raise ConfigError(f"no encode benchmark setting's name contains {args.only!r}; the settings are: "
                               + "; ".join(SETTINGS))
     result = run(args.dataset, model=args.model, n=args.n, batch=args.batch, settings=settings,
-                 refine_start=args.refine_start, repeat=args.repeat, progress=not args.quiet)
+                 refine_start=args.refine_start, repeat=args.repeat, device=args.device, progress=not args.quiet)
     cli.emit(result, args.json, args.quiet)
