@@ -11,6 +11,7 @@ import torch
 
 import gfe
 from gfe.cli import main
+from gfe.errors import ConfigError
 from gfe.estimator import GFE
 from gfe.losses import loss_spec
 from gfe.models import DECODERS, PCAMLPDecoder, build_decoder, build_encoder
@@ -155,3 +156,45 @@ def test_command_line_and_estimator(tmp_path):
     scores, components, mean = pca_scores(x, LATENT)
     error = float(np.mean((scores @ components + mean - x) ** 2))
     assert model.fit(x).score(x) <= 0 and -model.score(x) < 1.05 * error  # about PCA's error after a short fit
+
+
+def test_one_standard_error_rule():
+    from gfe.train import _clearly_lower
+
+    ref = torch.tensor([2.0, 2.0, 2.0, 2.0], dtype=torch.float64)
+    assert _clearly_lower(ref - 0.1, ref)  # every sample lower alike
+    assert not _clearly_lower(ref + torch.tensor([-1.0, 0.9, -1.0, 0.9], dtype=torch.float64), ref)  # within noise
+    assert not _clearly_lower(ref[:1] - 1, ref[:1])  # one sample cannot say
+
+
+def test_the_start_is_kept_unless_an_epoch_clearly_beats_it():
+    x, val = nearly_linear(60), nearly_linear(20, seed=1)
+    wrecked = pca_trainer(epochs=3, lr=0.3)  # too large a step: every epoch is worse than the PCA start
+    wrecked.init_decoder(x)
+    start = {name: t.clone() for name, t in wrecked.decoder.state_dict().items()}
+    history = wrecked.fit(x, val)
+    assert [r.best_epoch for r in history] == [0, 0, 0] and all(r.val_loss > wrecked.evaluate(val) for r in history)
+    for name, t in wrecked.decoder.state_dict().items():
+        assert torch.equal(t, start[name]), name
+    learning = pca_trainer(epochs=3, lr=3e-3)  # the bend is there to learn: training clearly beats PCA
+    assert learning.fit(nearly_linear(200), val)[-1].best_epoch > 0
+
+
+@pytest.mark.parametrize("lr", [0.3, 3e-3])
+def test_retrain_all_trains_the_best_epochs_again_on_every_sample(lr):
+    x, val = nearly_linear(60), nearly_linear(20, seed=1)
+    chooser = pca_trainer(epochs=3, lr=lr, retrain_all=True)
+    chooser.fit(x, val)
+    best = chooser.history[-1].best_epoch
+    final = chooser.retrained(x, val)
+    assert final.history == chooser.history and final.config == chooser.config
+    every = np.concatenate([x, val])
+    again = pca_trainer(epochs=max(best, 1), lr=lr)
+    if best:
+        again.fit(every)
+    else:
+        again.init_decoder(every)  # the start kept: the PCA of every sample, untrained
+    for (name, p), q in zip(final.decoder.state_dict().items(), again.decoder.state_dict().values()):
+        assert torch.equal(p, q), name
+    with pytest.raises(ConfigError, match="retrain_all acts on the validation loss"):
+        pca_trainer(retrain_all=True).fit(x)
