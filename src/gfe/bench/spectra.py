@@ -8,7 +8,7 @@ with the training spectra's statistics; a fixed random test set is held out; for
 each training size N and training seed every neural method trains the same
 decoder (same initial weights, same sample order, the same `latent_penalty` and
 `latent_noise`) for `epochs` passes on the training spectra less a validation
-share (`val_fraction`, as `gfe train --val-fraction`), keeping the epoch of lowest
+share (`val_fraction`, as `gfe train --val-fraction`; none by default), keeping the epoch of lowest
 validation loss as `gfe train` does (for a decoder initialised from data, e.g.
 PCA, its start unless an epoch beats it clearly: `gfe.train.Trainer.fit`), and
 with `retrain_all` training that many epochs again on all the training spectra
@@ -200,7 +200,7 @@ def read_references(path, n_samples: int) -> tuple[np.ndarray, np.ndarray, tuple
 def run(data, samples: list[int], *, key=None, references=None, ranges=None, normalise_kind: str = "mean",
         standardise: bool = False, decoder: str = "conv", methods=METHODS, n_test: int = 500, latent_dim: int = 8,
         epochs: int = 20, batch_size: int = 5, lr: float = 1e-3, lr_schedule: str = "constant", seeds=(0,),
-        latent_penalty: float = 0.0, latent_noise: float = 0.0, val_fraction: float = 0.1,
+        latent_penalty: float = 0.0, latent_noise: float = 0.0, val_fraction: float = 0.0,
         retrain_all: bool = False, plots=None, progress: bool = True) -> dict:
     """Run the benchmark on the spectra in `data`; write PNGs into `plots` if given.
 
@@ -217,6 +217,8 @@ def run(data, samples: list[int], *, key=None, references=None, ranges=None, nor
     at_least(0, seeds=seeds)
     if not 0 <= val_fraction < 1:
         raise ConfigError(f"val_fraction must be in [0, 1); got {val_fraction}")
+    if retrain_all and not val_fraction:
+        raise ConfigError("retrain_all retrains the epochs validation chose: give a validation share (val_fraction)")
     at_least(2 * PROBE_FOLDS, n_test=n_test)  # R² needs two or more test spectra in each of the probe's folds
     spectra = _load(data, key=key, references=references, ranges=ranges, normalise_kind=normalise_kind,
                     n_test=n_test, n_train=max(samples))
@@ -302,10 +304,11 @@ def add_parser(bench) -> None:
     q.add_argument("--epochs", type=int, default=20, help="passes over the training spectra")
     q.add_argument("--lr-schedule", default="constant", choices=list(LR_SCHEDULES),
                    help="the neural methods' learning-rate schedule, as 'gfe train --lr-schedule'")
-    q.add_argument("--val-fraction", type=float, default=0.1,
+    q.add_argument("--val-fraction", type=float, default=0.0,
                    help="share of each training set that validates the neural methods, as 'gfe train "
                         "--val-fraction': they keep their best validation epoch (a PCA-initialised decoder its "
-                        "start unless training clearly beats it); PCA fits every training spectrum; 0: none")
+                        "start unless training clearly beats it); PCA fits every training spectrum. Default 0: "
+                        "no validation, the last epoch")
     q.add_argument("--retrain-all", action="store_true",
                    help="then retrain the neural methods for their best epoch's number of epochs on every "
                         "training spectrum, as 'gfe train --retrain-all'")
