@@ -198,3 +198,15 @@ def test_retrain_all_trains_the_best_epochs_again_on_every_sample(lr):
         assert torch.equal(p, q), name
     with pytest.raises(ConfigError, match="retrain_all acts on the validation loss"):
         pca_trainer(retrain_all=True).fit(x)
+
+
+def test_gfe_train_retrain_all_keeps_the_pca_of_every_sample(tmp_path, capsys):
+    x = nearly_linear(40)
+    np.save(tmp_path / "spectra.npy", x)
+    assert main(["train", str(tmp_path / "spectra.npy"), "--out", str(tmp_path / "model"), "--decoder", "pca-mlp",
+                 "--loss", "mse", "--latent-dim", "3", "--epochs", "2", "--batch-size", "10", "--lr", "0.3",
+                 "--val-fraction", "0.25", "--retrain-all"]) == 0
+    out = capsys.readouterr().out
+    assert "training on 30 samples, validating on 10" in out and "retraining 0 epochs (the best) on all 40" in out
+    decoder = gfe.load_model(tmp_path / "model").decoder
+    np.testing.assert_allclose(decoder.linear.bias.detach().numpy(), x.mean(0), rtol=1e-5, atol=1e-6)
