@@ -39,12 +39,13 @@ def pca_scores(x: np.ndarray, k: int, weights: np.ndarray | None = None):
     return pca.transform(x * root), pca.components_, pca.mean_ / np.where(root > 0, root, 1.0)
 
 
-def pca_trainer(loss: str = "mse", **config) -> Trainer:
+def pca_trainer(loss: str = "mse", checkpoint_dir=None, callbacks=(), **config) -> Trainer:
     settings = dict(method="gfe-amd", latent_dim=LATENT, epochs=1, batch_size=10, optimizer="adam", lr=1e-3,
                     loss=loss, encode_options={"max_steps": 30})
     torch.manual_seed(0)
     decoder = PCAMLPDecoder(LATENT, (FEATURES,), hidden=(16,))
-    return Trainer(TrainConfig(**{**settings, **config}), (FEATURES,), decoder=decoder, progress=False)
+    return Trainer(TrainConfig(**{**settings, **config}), (FEATURES,), decoder=decoder, progress=False,
+                   checkpoint_dir=checkpoint_dir, callbacks=callbacks)
 
 
 def test_the_first_encoding_is_the_pca_projection():
@@ -210,3 +211,24 @@ def test_gfe_train_retrain_all_keeps_the_pca_of_every_sample(tmp_path, capsys):
     assert "training on 30 samples, validating on 10" in out and "retraining 0 epochs (the best) on all 40" in out
     decoder = gfe.load_model(tmp_path / "model").decoder
     np.testing.assert_allclose(decoder.linear.bias.detach().numpy(), x.mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_the_kept_start_and_retraining_survive_an_interruption(tmp_path):
+    x, val = nearly_linear(60), nearly_linear(20, seed=1)
+    whole = pca_trainer(epochs=3, lr=3e-3, retrain_all=True)
+    whole.fit(x, val)
+
+    def interrupt(trainer, record):
+        if record.epoch == 1:
+            raise KeyboardInterrupt
+
+    cut = pca_trainer(epochs=3, lr=3e-3, retrain_all=True, checkpoint_dir=tmp_path, callbacks=(interrupt,))
+    with pytest.raises(KeyboardInterrupt):
+        cut.fit(x, val)
+    resumed = Trainer.resume(tmp_path, progress=False)
+    assert torch.equal(resumed.start_val, cut.start_val)
+    resumed.fit(x, val)
+    assert [r.best_epoch for r in resumed.history] == [r.best_epoch for r in whole.history]
+    a, b = whole.retrained(x, val), resumed.retrained(x, val)
+    for (name, p), q in zip(a.decoder.state_dict().items(), b.decoder.state_dict().values()):
+        assert torch.equal(p, q), name
