@@ -122,6 +122,11 @@ def _add_train_model(g) -> None:
                    help="save the epoch of lowest validation loss (history.csv: best_epoch), not the last")
     g.add_argument("--patience", type=int, default=TrainConfig.patience, metavar="EPOCHS",
                    help="stop once the validation loss has not improved for EPOCHS epochs")
+    g.add_argument("--retrain-all", action="store_true",
+                   help="once validation has chosen the best epoch, train that many epochs again from the same "
+                        "initial weights on the training and validation samples together (for small data: no "
+                        "sample is left out of the model; the 'pca-mlp' decoder then stays at the PCA of every "
+                        "sample unless training clearly beat it). Costs up to twice the training")
     g.add_argument("--seed", type=int, default=TrainConfig.seed,
                    help="seeds the initial weights, the validation split, the data order and --latent-noise")
     g.add_argument("--on-nonfinite", default=TrainConfig.on_nonfinite, choices=list(ON_NONFINITE),

@@ -18,6 +18,7 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
+from .channels import Channels
 from .devices import module_device, resolve_device
 from .encode import Encoding
 from .encode_settings import EncodeSettings
@@ -25,6 +26,7 @@ from .errors import ConfigError, DataError, ModelFileError
 from .losses import link
 from .methods import flow_methods, method_spec
 from .models import DECODERS, build_decoder, default_decoder
+from .normalise import Standardisation, normalise
 from .persist import load_model, save_model
 from .train import Trainer
 from .train_config import TrainConfig
@@ -109,6 +111,10 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         decoder evaluations than from 0 for the same loss; measured:
         docs/benchmarks.md). None (start at 0) for more than
         `gfe.start.MAX_FEATURES` features.
+    channels_ : gfe.channels.Channels
+        The input channels the model uses: all of them for models `fit` made;
+        for a model from `gfe train --range/--weights`, those it kept and weighs
+        (`channels_.model_axis`: their axis values, when the data gave an axis).
     n_features_in_ : int
     feature_names_in_ : ndarray of str (only when X had string column names)
     n_iter_ : int
@@ -223,6 +229,7 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.decoder_ = trainer.decoder.eval()
         self.start_ = trainer.start_map()
         self._settings = trainer.settings()
+        self._inputs, self.channels_ = None, Channels()
         self.n_iter_ = len(trainer.history)
         # fit has no validation data, so each record's val_loss is NaN and best_epoch 0: leave them out.
         self.history_ = [{k: v for k, v in asdict(r).items() if k not in ("val_loss", "best_epoch")}
@@ -291,7 +298,13 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     def _encode(self, X: np.ndarray) -> Encoding:
         settings = EncodeSettings.resolve(self._settings["encode"], has_start=self.start_ is not None)
-        return settings.flow_encode(self.decoder_, self.start_, X)
+        if self._inputs is None:
+            return settings.flow_encode(self.decoder_, self.start_, X)
+        channels, kind, standardised = self._inputs
+        x = channels.select(X.reshape(len(X), *channels.input_shape))
+        x, _ = normalise(x, kind, channels.loss_weights(None))
+        x = x if standardised is None else standardised.apply(x)
+        return settings.flow_encode(self.decoder_, self.start_, x, weights=channels.loss_weights(None))
 
     def transform(self, X):
         """Latents of X, shape (n_samples, latent_dim): each row's flow from its start."""
@@ -299,7 +312,10 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     def inverse_transform(self, Z):
         """Reconstructions in data space, shape (n_samples, n_features): the decoder's
-        output through the loss's link (sigmoid for bce, exp for poisson)."""
+        output through the loss's link (sigmoid for bce, exp for poisson). For a
+        model from `gfe train`, its features are the channels it kept (`--range`;
+        their axis is `channels_.model_axis`), with its standardisation undone;
+        per-sample normalisation is not (each sample's scale is not known here)."""
         check_is_fitted(self)
         Z = check_array(Z, dtype=np.float32, input_name="Z")
         if Z.shape[1] != self.decoder_.latent_dim:
@@ -309,7 +325,10 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         with torch.no_grad():
             z = torch.from_numpy(np.array(Z))  # a copy: Z may be read-only
             out = self.decoder_(z.to(module_device(self.decoder_)))
-        return _numpy(link(self._settings["encode"]["loss"], out).reshape(len(Z), -1))
+        out = _numpy(link(self._settings["encode"]["loss"], out))
+        if self._inputs is not None and self._inputs[2] is not None:
+            out = self._inputs[2].undo(out)
+        return out.reshape(len(Z), -1)
 
     def score(self, X, y=None) -> float:
         """Negative mean loss of X at its latents: higher is better, as model selection expects."""
@@ -351,6 +370,10 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         (then the parameters are those its training config records,
         `reconstruction_err_` and `encode_stats_`, which only `fit` records, are
         None, `history_` is empty and `n_iter_` is the configured number of epochs).
+        A command-line model's data preparation comes along: `transform` takes
+        samples as `gfe train` read them (every channel), keeps and weighs its
+        channels (`--range`, `--weights`; `channels_`), normalises and standardises
+        them as it did; `n_features_in_` counts every channel.
         The model is loaded onto `device`, which becomes its `device` parameter."""
         loaded = load_model(directory, device)
         settings = dict(loaded.settings)
@@ -371,7 +394,9 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         model.decoder_ = loaded.decoder
         model.start_ = loaded.start
         model._settings = settings
-        model.n_features_in_ = math.prod(out_shape)
+        model._inputs = _inputs(loaded)
+        model.channels_ = Channels() if model._inputs is None else model._inputs[0]
+        model.n_features_in_ = math.prod(model.channels_.input_shape or out_shape)
         model.n_iter_ = fitted.get("n_iter", train["epochs"])
         model.history_ = fitted.get("history", [])
         model.reconstruction_err_ = fitted.get("reconstruction_err")
@@ -379,6 +404,17 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         if "feature_names_in" in fitted:
             model.feature_names_in_ = np.asarray(fitted["feature_names_in"], dtype=object)
         return model
+
+
+def _inputs(loaded) -> tuple | None:
+    """(channels, normalisation, standardisation or None) a command-line model
+    prepares its samples with, or None for models `fit` or `Trainer` wrote."""
+    settings = loaded.settings
+    if "channels" not in settings:
+        return None
+    standardised = (Standardisation.from_arrays(loaded.arrays, loaded.decoder.out_shape)
+                    if settings.get("standardise") else None)
+    return Channels.from_record(settings["channels"]), settings.get("normalise", "none"), standardised
 
 
 def _plain(value):

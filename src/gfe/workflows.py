@@ -106,6 +106,10 @@ def train_model(data, out, config: TrainConfig, *, key=None, decoder: str = "mlp
         _say(quiet, f"training on {len(x_train)} samples, validating on {len(x_val) or 'none'}"
                     + (f"; using {used}" if used else ""))
         trainer.fit(x_train, x_val if len(x_val) else None)
+        if config.retrain_all:
+            _say(quiet, f"retraining {trainer.history[-1].best_epoch} epochs (the best) on all "
+                        f"{len(x_train) + len(x_val)} samples")
+            trainer = trainer.retrained(x_train, x_val)
         if refine_start:
             _say(quiet, f"refitting the start map on converged latents of {min(len(x_train), REFINE_SAMPLES)} "
                         "training samples")
