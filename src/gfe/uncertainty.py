@@ -73,6 +73,23 @@ class LatentUncertainty:
         return {Validity(int(c)).label: int(n) for c, n in zip(codes, counts)}
 
 
+@dataclass(frozen=True)
+class UncertaintySettings:
+    """What `gfe encode --uncertainty` asks for: the Laplace approximation, with the
+    Gaussian noise level `noise_std` of the mse loss (None: estimated per sample)."""
+
+    noise_std: float | None = None
+
+    def check(self, loss_name: str) -> UncertaintySettings:
+        check_noise_std(loss_name, self.noise_std)
+        return self
+
+    def record(self) -> dict:
+        """As latents files' provenance records it."""
+        return {"method": "laplace-gauss-newton",
+                "noise_std": "per-sample residual" if self.noise_std is None else self.noise_std}
+
+
 def row_jacobians(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`(fn(z), J)` with `J[b] = ∂fn(z)[b] / ∂z[b]`, shapes (B, n) and (B, n, d), for an
     `fn` that maps each row of `z` alone (as decoders do): one forward-mode product
