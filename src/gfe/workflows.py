@@ -450,7 +450,7 @@ def read_history(model) -> dict[str, np.ndarray] | None:
 def plot_model(model, data, out, *, key=None, samples=50, show=8, quiet=False) -> list[Path]:
     """Write the figures of a trained model to the folder `out`: the first `show`
     samples of `data` with their reconstructions in the data's units (spectra
-    overlaid, with residuals), the training curves (when the model has a
+    overlaid, with residuals and ±2σ bands from the latents' uncertainty), the training curves (when the model has a
     history), and the latents of `samples` samples spread evenly over `data` on
     their principal axes, coloured by loss. Only those samples are read and
     encoded, so the figures take seconds however large `data` is. Returns the
@@ -473,8 +473,14 @@ def plot_model(model, data, out, *, key=None, samples=50, show=8, quiet=False) -
     shown = slice(0, min(show, total))
     name, out = Path(model).name, Path(out)
     recon = reconstruct(loaded, z, scale)[shown]  # decoded in one batch, as `gfe decode` does
+    stds = None
+    if plots.is_spectrum(recon.shape[1:]) and not settings.with_encoder:  # bands: the latents' uncertainty
+        latent = laplace(loaded.decoder, settings.loss_function, torch.from_numpy(x[shown]), encoding.z[shown],
+                         inputs.mask, status=encoding.status[shown])
+        stds = {"reconstructed": reconstruct_std(loaded, z[shown], latent.cov.numpy(),
+                                                 None if scale is None else scale[shown])}
     written = [plots.plot_reconstructions(inputs.channels.select(raw[shown]), {"reconstructed": recon},
-                                          out / "reconstructions.png", n=show, x=axis,
+                                          out / "reconstructions.png", n=show, x=axis, stds=stds,
                                           xlabel=None if axis is None else axis_label,
                                           title=f"{name}: the first {shown.stop} samples of {data} and their "
                                                 "reconstructions")]
