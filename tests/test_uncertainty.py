@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from conftest import LinearDecoder, make_mlp64
+from gfe.encode import encode
 from gfe.errors import ConfigError
 from gfe.losses import Loss, link
 from gfe.objective import Objective
-from gfe.solvers import Status
 from gfe.uncertainty import Validity, laplace, propagate
 
 
@@ -46,7 +46,8 @@ def test_precision_matches_finite_difference_hessian_of_the_likelihood(penalty):
     loss = Loss("mse", penalty, 0.05 if penalty else 0.0)
     x = torch.from_numpy(np.random.default_rng(2).normal(size=12))
     w = torch.from_numpy(np.random.default_rng(3).uniform(0.5, 2.0, size=12))
-    z = torch.zeros(3, dtype=torch.float64)
+    gram = dec.A.T @ (w[:, None] * dec.A) / w.sum() + loss.penalty_weight * torch.eye(3, dtype=torch.float64)
+    z = torch.linalg.solve(gram, dec.A.T @ (w * (x - dec.b)) / w.sum())  # the optimum: a Laplace point
     sigma = 0.7
     u = laplace(dec, loss, x[None], z[None], w, noise_std=sigma)
     hessian = likelihood_hessian(dec, loss, x, z, w, float(w.sum()) / (2 * sigma**2))
@@ -81,9 +82,11 @@ def test_noise_estimated_from_the_residual_with_d_dofs_removed():
 def test_a_sample_alone_gets_what_it_gets_in_a_batch():
     dec = make_mlp64(seed=6)
     rng = np.random.default_rng(7)
-    x, z = torch.from_numpy(rng.uniform(size=(9, 12))), torch.from_numpy(rng.normal(size=(9, 3)))
-    batch = laplace(dec, Loss("bce", "l2", 0.01), x, z)
-    alone = laplace(dec, Loss("bce", "l2", 0.01), x[4:5], z[4:5])
+    x, loss = torch.from_numpy(rng.uniform(size=(9, 12))), Loss("bce", "l2", 0.01)
+    z = encode(dec, x, loss=loss, gtol=1e-10).z
+    batch = laplace(dec, loss, x, z)
+    alone = laplace(dec, loss, x[4:5], z[4:5])
+    assert (batch.status == Validity.VALID).all()
     torch.testing.assert_close(alone.cov[0], batch.cov[4], rtol=1e-12, atol=0)
 
 
@@ -91,14 +94,23 @@ def test_invalid_samples_are_flagged_never_tiny():
     A = torch.from_numpy(np.random.default_rng(8).normal(size=(6, 3)))
     A[:, 2] = 0  # the third latent moves nothing: a flat direction
     dec = LinearDecoder(A, torch.zeros(6, dtype=torch.float64))
-    x, z = torch.ones(3, 6, dtype=torch.float64), torch.zeros(3, 3, dtype=torch.float64)
-    status = torch.tensor([Status.CONVERGED, Status.STEP_BUDGET, Status.CONVERGED])
-    u = laplace(dec, Loss("mse"), x, z, status=status, noise_std=1.0)
-    assert u.status.tolist() == [Validity.FLAT, Validity.UNCONVERGED, Validity.FLAT]
-    assert torch.isinf(u.std[0]).all() and torch.isnan(u.std[1]).all() and torch.isnan(u.cov).all()
+    x, z = torch.ones(2, 6, dtype=torch.float64), torch.zeros(2, 3, dtype=torch.float64)
+    u = laplace(dec, Loss("mse"), x, z, noise_std=1.0)
+    assert u.status.tolist() == [Validity.FLAT] * 2 and torch.isinf(u.std).all() and torch.isnan(u.cov).all()
     few = laplace(linear_decoder(n=3), Loss("mse"), torch.ones(1, 3, dtype=torch.float64),
                   torch.zeros(1, 3, dtype=torch.float64))
     assert few.status.tolist() == [Validity.NO_NOISE_ESTIMATE] and torch.isnan(few.std).all()
+
+
+def test_a_latent_far_from_its_optimum_is_unconverged_one_close_to_it_valid():
+    """Convergence is judged by the Newton step to the optimum in posterior standard
+    deviations, whatever the solver's status said."""
+    dec = linear_decoder()
+    x = torch.from_numpy(np.random.default_rng(9).normal(size=(1, 12)))
+    best = dec.least_squares(x)
+    u = laplace(dec, Loss("mse"), x.expand(3, 12), best + torch.tensor([[0.0], [1e-3], [1.0]]), noise_std=0.1)
+    assert u.status.tolist() == [Validity.VALID, Validity.VALID, Validity.UNCONVERGED]
+    assert u.newton[0] < 1e-6 and torch.isnan(u.std[2]).all()
 
 
 @pytest.mark.parametrize("loss, noise_std, message", [("bce", 0.1, "has none"), ("mse", -1.0, "positive"),

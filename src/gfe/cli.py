@@ -384,11 +384,13 @@ def _data_ins(args) -> None:
 
 
 def _add_bench(sub) -> None:
-    from .bench import data_efficiency, encoding, gradients, sharded_encoding, solvers, spectra, stream_memory
+    from .bench import (calibration, data_efficiency, encoding, gradients, sharded_encoding, solvers, spectra,
+                        stream_memory)
 
     p = sub.add_parser("bench", help="benchmarks that write JSON")
     bench = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
-    for module in (data_efficiency, encoding, sharded_encoding, spectra, gradients, solvers, stream_memory):
+    for module in (data_efficiency, encoding, sharded_encoding, spectra, gradients, solvers, stream_memory,
+                   calibration):
         module.add_parser(bench)
 
 

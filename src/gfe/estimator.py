@@ -296,7 +296,7 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         encoding = self._encode(X)
         x = torch.from_numpy(X).reshape(len(X), *self.decoder_.out_shape)
         return encoding, laplace(self.decoder_, self._encode_settings().loss_function, x, encoding.z,
-                                 status=encoding.status, noise_std=noise_std)
+                                 noise_std=noise_std)
 
     def transform(self, X, return_std=False):
         """Latents of X, shape (n_samples, latent_dim): each row's flow from its start.

@@ -17,8 +17,12 @@ penalty adds `2 s λ I` to H. An L1 penalty adds nothing (Ω is linear away from
 
 σ is given, or estimated per sample from its residual with the d fitted
 dimensions removed, `σ̂² = Σ w (D(z*) - x)² / (Σw - d)`, so it reads the sample alone.
-The result is only valid where the flow converged (else z* is no optimum) and H
-is positive definite; elsewhere it is NaN or inf with a `Validity` code saying why.
+The result is only valid where z* is an optimum to well within its own width and
+H is positive definite; elsewhere it is NaN or inf with a `Validity` code saying
+why. Convergence is judged by the curvature, not by the solver's tolerance: the
+Newton step to the optimum, `δ = H⁻¹ ∇(s·E)`, must be shorter than `NEWTON_TOL`
+standard deviations (`sqrt(δᵀHδ)`), so a flow that stopped at its step budget a
+hair from the optimum is valid and one that stopped at `gtol` far from it is not.
 Everything is computed in float64 from a copy of the decoder, so the inversion
 does not lose the small eigenvalues to float32 rounding.
 """
@@ -35,15 +39,16 @@ from torch import nn
 
 from .errors import ConfigError
 from .losses import Loss, loss_spec
-from .solvers import Status
+from .objective import Objective
 
 BLOCK_ELEMENTS = 2**22  # Jacobian entries per row block: 32 MiB of float64
 RCOND = 1e-10  # an eigenvalue of H under this times the largest counts as a flat direction
+NEWTON_TOL = 0.1  # the longest Newton step to the optimum, in posterior standard deviations, of a valid latent
 
 
 class Validity(IntEnum):
     VALID = 0
-    UNCONVERGED = 1  # the flow did not converge: z* is no optimum, the curvature there means nothing
+    UNCONVERGED = 1  # z* is over NEWTON_TOL standard deviations from the optimum: no Laplace point
     FLAT = 2  # H is singular along some direction (the data do not fix it): std inf there
     NON_FINITE = 3  # the decoder's output or Jacobian is NaN or inf at z*
     NO_NOISE_ESTIMATE = 4  # σ estimated from the residual, but the sample has no more weighted features than d
@@ -56,17 +61,20 @@ class Validity(IntEnum):
 @dataclass
 class LatentUncertainty:
     """`cov` (N, d, d) and `std` (N, d) of each latent (float64), `status`
-    (`Validity` codes) and `noise_std` (N,), the σ used (NaN for losses without one)."""
+    (`Validity` codes), `noise_std` (N,), the σ used (NaN for losses without one),
+    and `newton` (N,), the distance from z* to the optimum in standard deviations."""
 
     cov: torch.Tensor
     std: torch.Tensor
     status: torch.Tensor
     noise_std: torch.Tensor
+    newton: torch.Tensor
 
     def arrays(self) -> dict:
         """The per-sample arrays a latents file holds (`gfe.latents`), float32 like the latents."""
         return {"z_cov": self.cov.float().numpy(), "z_std": self.std.float().numpy(),
-                "z_std_status": self.status.to(torch.int8).numpy(), "noise_std": self.noise_std.float().numpy()}
+                "z_std_status": self.status.to(torch.int8).numpy(), "noise_std": self.noise_std.float().numpy(),
+                "z_newton": self.newton.float().numpy()}
 
     def status_counts(self) -> dict[str, int]:
         codes, counts = torch.unique(self.status, return_counts=True)
@@ -132,9 +140,9 @@ def check_noise_std(loss_name: str, noise_std: float | None) -> None:
 
 
 def laplace(decoder: nn.Module, loss: Loss, x: torch.Tensor, z: torch.Tensor, weights=None, *,
-            status: torch.Tensor | None = None, noise_std: float | None = None) -> LatentUncertainty:
+            noise_std: float | None = None) -> LatentUncertainty:
     """The Laplace approximation of each latent's posterior at `z` (the encodings of
-    the rows of `x`, with their solver `status`; None counts all as converged).
+    the rows of `x`, which have the decoder's feature shape).
     `weights` are the loss's (feature shape, or one row per sample); `noise_std`
     the Gaussian σ of the mse loss in the units the loss sees (None: per sample)."""
     check_noise_std(loss.name, noise_std)
@@ -142,9 +150,10 @@ def laplace(decoder: nn.Module, loss: Loss, x: torch.Tensor, z: torch.Tensor, we
     dec = as_float64(decoder)
     device = next(dec.parameters()).device
     z = z.detach().to(device, torch.float64)
-    x = x.detach().to(device, torch.float64).flatten(1)
-    w = torch.ones_like(x) if weights is None else torch.as_tensor(weights).to(device, torch.float64)
-    w = w.reshape(-1, x.shape[1]).expand_as(x)
+    shaped = x.detach().to(device, torch.float64)
+    x = shaped.flatten(1)
+    weights = None if weights is None else torch.as_tensor(weights).to(device, torch.float64)
+    w = torch.ones_like(x) if weights is None else weights.reshape(-1, x.shape[1]).expand_as(x)
     n, d = z.shape
     out, jac = row_jacobians(lambda v: dec(v).flatten(1), z)
     total = w.sum(1)
@@ -167,15 +176,17 @@ def laplace(decoder: nn.Module, loss: Loss, x: torch.Tensor, z: torch.Tensor, we
     eigenvalues, vectors = torch.linalg.eigh(torch.where(finite[:, None, None], precision, 0.0))
     flat = eigenvalues[:, 0] <= RCOND * eigenvalues[:, -1].clamp_min(0)
     codes[(codes == Validity.VALID) & flat] = int(Validity.FLAT)
-    if status is not None:
-        codes[status.to(device) != int(Status.CONVERGED)] = int(Validity.UNCONVERGED)
-    cov = (vectors / eigenvalues.clamp_min(torch.finfo(torch.float64).tiny)[:, None, :]) @ vectors.transpose(1, 2)
+    inverse = 1 / eigenvalues.clamp_min(torch.finfo(torch.float64).tiny)
+    gradient = scale[:, None] * Objective(dec, loss).value_and_grad(z, shaped, weights)[1]
+    newton = (torch.einsum("bd,bde->be", gradient, vectors).square() * inverse).sum(1).sqrt()
+    codes[(codes == Validity.VALID) & ~(newton <= NEWTON_TOL)] = int(Validity.UNCONVERGED)
+    cov = (vectors * inverse[:, None, :]) @ vectors.transpose(1, 2)
     std = cov.diagonal(dim1=1, dim2=2).sqrt()
     valid = codes == Validity.VALID
     cov = torch.where(valid[:, None, None], cov, torch.nan)
     std = torch.where(valid[:, None], std, torch.where((codes == Validity.FLAT)[:, None], torch.inf, torch.nan))
     noise = variance.sqrt() if spec.noisy else torch.full((n,), torch.nan, dtype=torch.float64, device=device)
-    return LatentUncertainty(cov.cpu(), std.cpu(), codes.cpu(), noise.cpu())
+    return LatentUncertainty(cov.cpu(), std.cpu(), codes.cpu(), noise.cpu(), newton.cpu())
 
 
 def propagate(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:

@@ -281,7 +281,7 @@ def write_encoded(path, loaded, inputs: ModelInput, settings: EncodeSettings, me
             extra = {} if scale is None else {"scale": scale}
             if uncertainty is not None:
                 latent = laplace(loaded.decoder, settings.loss_function, torch.from_numpy(x), encoding.z, inputs.mask,
-                                 status=encoding.status, noise_std=uncertainty.noise_std)
+                                 noise_std=uncertainty.noise_std)
                 extra.update(latent.arrays())
                 totals.validity.update(latent.status_counts())
             writer.append(encoding, extra or None)
@@ -476,7 +476,7 @@ def plot_model(model, data, out, *, key=None, samples=50, show=8, quiet=False) -
     stds = None
     if plots.is_spectrum(recon.shape[1:]) and not settings.with_encoder:  # bands: the latents' uncertainty
         latent = laplace(loaded.decoder, settings.loss_function, torch.from_numpy(x[shown]), encoding.z[shown],
-                         inputs.mask, status=encoding.status[shown])
+                         inputs.mask)
         stds = {"reconstructed": reconstruct_std(loaded, z[shown], latent.cov.numpy(),
                                                  None if scale is None else scale[shown])}
     written = [plots.plot_reconstructions(inputs.channels.select(raw[shown]), {"reconstructed": recon},
