@@ -385,12 +385,12 @@ def _data_ins(args) -> None:
 
 def _add_bench(sub) -> None:
     from .bench import (calibration, data_efficiency, encoding, gradients, sharded_encoding, solvers, spectra,
-                        stream_memory)
+                        stability, stream_memory)
 
     p = sub.add_parser("bench", help="benchmarks that write JSON")
     bench = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     for module in (data_efficiency, encoding, sharded_encoding, spectra, gradients, solvers, stream_memory,
-                   calibration):
+                   calibration, stability):
         module.add_parser(bench)
 
 
