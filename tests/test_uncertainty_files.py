@@ -11,20 +11,13 @@ import numpy as np
 import pytest
 
 from gfe.bench import calibration
-from gfe.cli import main
 from gfe.estimator import GFE
 from gfe.persist import load_model
 from gfe.workflows import reconstruct
+from test_cli import run
 
 TRAIN = ["--latent-dim", "2", "--epochs", "2", "--batch-size", "8", "--optimizer", "adam", "--lr", "0.01",
          "--loss", "mse", "--normalise", "mean", "--standardise", "--quiet"]
-
-
-def run(*argv) -> int:
-    try:
-        return main([str(a) for a in argv])
-    except SystemExit as exit_:
-        return exit_.code
 
 
 @pytest.fixture(scope="module")
