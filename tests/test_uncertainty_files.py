@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from gfe.bench import calibration
+from gfe.errors import ConfigError
 from gfe.estimator import GFE
 from gfe.persist import load_model
 from gfe.workflows import reconstruct
@@ -114,3 +115,11 @@ def test_calibration_sanity():
     for record in result["results"]:
         assert record["valid"] == 80
         assert abs(record["coverage_0.6827"] - 0.6827) < 0.08 and abs(record["coverage_0.95"] - 0.95) < 0.05
+
+
+def test_calibration_refuses_ins_files_that_do_not_match(tmp_path):
+    np.save(tmp_path / "counts.npy", np.ones((6, 4), dtype=np.float32))
+    np.save(tmp_path / "clean.npy", np.ones((5, 4), dtype=np.float32))
+    with pytest.raises(ConfigError, match="same maps"):
+        calibration.ins_bands(tmp_path / "counts.npy", tmp_path / "clean.npy", n_train=3, progress=False)
+    assert run("bench", "calibration", "--ins", tmp_path / "counts.npy") == 2

@@ -11,21 +11,33 @@ interval z* ± k·std checked against the true latent: per coordinate at 68.27%
 (k = 1) and 95% (k = 1.96), and jointly, (z* - z)ᵀ Σ⁻¹ (z* - z) against the
 χ²_d quantiles. Samples whose uncertainty is not valid (unconverged, flat) are
 counted and left out of the coverage.
+
+With `--ins COUNTS.h5 --ins-clean CLEAN.h5` (`gfe data ins` with the same seed and
+settings, with and without `--counts`), it also trains a decoder on the Poisson
+counts of the first maps (mask as weights) and checks the reconstruction bands
+(`gfe decode --std`'s, ±k std of the rates) of held-out maps against their
+noise-free rates, the clean maps scaled to the counts' expected totals: there the
+decoder is learned, so its misfit shows.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
 from scipy.stats import chi2, norm
 
+from ..data import open_samples
 from ..encode import encode
+from ..encode_settings import EncodeSettings
 from ..errors import ConfigError
 from ..losses import Loss, link
 from ..models import MLPDecoder
-from ..uncertainty import Validity, laplace
+from ..train import Trainer
+from ..train_config import TrainConfig
+from ..uncertainty import Validity, as_float64, laplace, propagate
 from . import at_least, cli, known
 from .data_efficiency import machine
 
@@ -113,6 +125,50 @@ def run(*, cases=CASES, counts=(10, 100, 1000, 10000), n_samples: int = 500, lat
             "machine": machine(), "results": results}
 
 
+def ins_bands(counts_path, clean_path, *, n_train: int = 500, latent_dim: int = 8, epochs: int = 30,
+              seed: int = 0, progress: bool = True) -> dict:
+    """Coverage of the reconstruction bands of held-out INS maps (see the module's docstring)."""
+    with open_samples(counts_path) as counts, open_samples(clean_path) as clean:
+        x, truth = counts.read(), clean.read().astype(np.float64)
+        mask = getattr(counts.on_disk, "mask", None)
+        expected = getattr(counts.on_disk, "attrs", {}).get("settings", {}).get("counts")
+    if x.shape != truth.shape or n_train >= len(x):
+        raise ConfigError(f"the counts and clean INS files must hold the same maps, more than n_train={n_train}; "
+                          f"got shapes {x.shape} and {truth.shape}")
+    config = TrainConfig(method="gfe-amd", latent_dim=latent_dim, epochs=epochs, batch_size=16, optimizer="adam",
+                         lr=1e-3, loss="poisson", seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        decoder = MLPDecoder(latent_dim, x.shape[1:], hidden=(128, 256))
+    trainer = Trainer(config, x.shape[1:], decoder=decoder, progress=progress, weights=mask)
+    trainer.fit(x[:n_train])
+    settings = EncodeSettings.resolve(trainer.settings()["encode"], has_start=trainer.start_map() is not None)
+    x_test, truth = x[n_train:], truth[n_train:]
+    encoding = settings.flow_encode(trainer.decoder, trainer.start_map(), x_test, weights=mask)
+    latent = laplace(trainer.decoder, settings.loss_function, torch.from_numpy(x_test), encoding.z, mask)
+    rates = as_float64(trainer.decoder)
+    fn = lambda v: link("poisson", rates(v)).flatten(1)  # noqa: E731
+    with torch.no_grad():
+        recon = fn(encoding.z.double()).numpy()
+    std = propagate(fn, encoding.z, latent.cov).numpy()
+    totals = x_test.reshape(len(x_test), -1).sum(1, dtype=np.float64)
+    clean_totals = truth.reshape(len(truth), -1).sum(1)
+    truth = truth.reshape(len(truth), -1) * (totals / np.where(clean_totals > 0, clean_totals, 1))[:, None]
+    valid = (latent.status == Validity.VALID).numpy()
+    used = np.ones(truth.shape[1], dtype=bool) if mask is None else np.asarray(mask, dtype=bool).ravel()
+    error = np.abs(recon - truth)[valid][:, used]
+    result = {"n_train": n_train, "n_test": len(x_test), "latent_dim": latent_dim, "epochs": epochs,
+              "expected_counts": expected, "valid": int(valid.sum()), "status": latent.status_counts(),
+              "relative_rms_error": float(np.sqrt(np.mean(error**2)) / np.mean(truth[valid][:, used])),
+              "median_band_over_error": float(np.median(std[valid][:, used]) / np.median(error))}
+    for level in LEVELS:
+        result[f"band_coverage_{level:g}"] = float((error <= norm.ppf(0.5 + level / 2) * std[valid][:, used]).mean())
+    if progress:
+        print(f"INS reconstruction bands: valid {result['valid']}/{len(x_test)}, coverage 68% "
+              f"{result['band_coverage_0.6827']:.3f}, 95% {result['band_coverage_0.95']:.3f}", flush=True)
+    return result
+
+
 def add_parser(bench) -> None:
     q = cli.parser(
         bench, "calibration", "coverage of the latents' Laplace intervals on data from a known decoder",
@@ -129,12 +185,25 @@ def add_parser(bench) -> None:
     q.add_argument("--n-features", type=int, default=64, help="features per sample")
     q.add_argument("--noise-std", type=float, default=0.05, help="Gaussian noise level of the gaussian cases")
     q.add_argument("--seed", type=int, default=0, help="seeds the decoder, latents and noise")
+    q.add_argument("--ins", type=Path, default=None, metavar="COUNTS.h5",
+                   help="also check reconstruction bands on INS maps: 'gfe data ins --counts N' output ...")
+    q.add_argument("--ins-clean", type=Path, default=None, metavar="CLEAN.h5",
+                   help="... and the same maps without --counts (same --seed and settings): the noise-free truth")
+    q.add_argument("--ins-train", type=int, default=500, help="maps of --ins the decoder is trained on (the rest "
+                                                              "are held out)")
+    q.add_argument("--ins-epochs", type=int, default=30, help="training epochs of the INS decoder")
     cli.add_result_options(q)
     q.set_defaults(run=_command)
 
 
 def _command(args) -> None:
     counts = [float(c) for c in args.counts.split(",") if c.strip()]
+    if (args.ins is None) != (args.ins_clean is None):
+        raise ConfigError("--ins and --ins-clean go together: the counts and the noise-free maps")
     result = run(cases=args.cases.split(","), counts=counts, n_samples=args.n_samples, latent_dim=args.latent_dim,
                  n_features=args.n_features, noise_std=args.noise_std, seed=args.seed, progress=not args.quiet)
+    if args.ins is not None:
+        result["ins"] = {"counts_file": str(args.ins), "clean_file": str(args.ins_clean),
+                         **ins_bands(args.ins, args.ins_clean, n_train=args.ins_train, epochs=args.ins_epochs,
+                                     seed=args.seed, progress=not args.quiet)}
     cli.emit(result, args.json, args.quiet)
