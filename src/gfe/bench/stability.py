@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.decomposition import PCA
 
 from ..data import load_dataset
 from ..encode_settings import EncodeSettings
@@ -71,6 +70,8 @@ def _gfe_rows(name: str, trainer: Trainer, x: np.ndarray, x_noisy: np.ndarray, s
 def run(dataset: str = "mnist", *, n_train: int = 1000, n_test: int = 500, noise: float = 0.02,
         penalties=(1e-5, 1e-4), latent_dim: int = 20, seed: int = 0, progress: bool = True) -> dict:
     at_least(1, n_train=n_train, n_test=n_test, latent_dim=latent_dim)
+    from sklearn.decomposition import PCA  # here, not at the top: building gfe's parser must not load it
+
     data = load_dataset(dataset)
     x_train, x_test = split(data.x, n_train, n_test, seed=seed)
     rng = np.random.default_rng(seed)
