@@ -158,7 +158,8 @@ def laplace(decoder: nn.Module, loss: Loss, x: torch.Tensor, z: torch.Tensor, we
     out, jac = row_jacobians(lambda v: dec(v).flatten(1), z)
     total = w.sum(1)
     if spec.noisy:
-        variance = (torch.full((n,), float(noise_std) ** 2, dtype=torch.float64, device=device) if noise_std
+        variance = (torch.full((n,), float(noise_std) ** 2, dtype=torch.float64, device=device)
+                    if noise_std is not None
                     else (w * (out - x).square()).sum(1) / (total - d))
         scale = total / (2 * variance)
     else:
