@@ -178,7 +178,7 @@ def add_parser(bench) -> None:
         "Draw latents from N(0, I) and data from a known random decoder with known noise (Gaussian with sigma "
         "given, estimated, or with the matching L2 prior; Poisson counts at several expected totals per sample, without "
         "and with that prior), "
-        "encode them with that decoder and report how often z* +- k std holds the true latent (68.27%% and 95%%, "
+        "encode them with that decoder and report how often z* +- k std holds the true latent (68.27% and 95%, "
         "per coordinate and jointly by chi-squared). Calibrated intervals cover at the nominal rates.")
     q.add_argument("--cases", default=",".join(CASES), help="comma-separated cases: " + ", ".join(CASES))
     q.add_argument("--counts", default="10,100,1000,10000",
