@@ -22,6 +22,8 @@ examples:
   gfe merge shards/ -o latents.h5                     # join the shards in input order
   torchrun --nproc-per-node 2 -m gfe train digits --out runs/ddp  # data-parallel training (DDP)
   gfe decode runs/digits latents.h5 -o recon.npy      # reconstructions from latents
+  gfe encode runs/digits data.npy -o z.h5 --uncertainty  # latents with their covariances (z_cov, z_std)
+  gfe decode runs/digits z.h5 -o recon.npy --std std.npy # reconstructions with their standard deviations
   gfe plot runs/digits --data digits --out figs       # reconstructions, training curves, latent space
   gfe info runs/digits                                # what a model or latents file holds
   gfe data ins --n 500 --out ins.h5                   # synthetic INS spectra (needs gfe[ins])
@@ -212,18 +214,35 @@ def _add_encode(sub) -> None:
                              "(a killed run resumes); under 'torchrun --nproc-per-node N -m gfe encode' each "
                              "process takes every N-th shard (default there: one shard per process)")
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also write each latent's uncertainty to the .h5/.npz file: z_cov (its covariance, a "
+                        "Laplace approximation from the likelihood's curvature at the latent, given the decoder), "
+                        "z_std (the standard deviations) and z_std_status (0 valid; 1 the flow did not converge, "
+                        "2 a flat direction, 3 non-finite, 4 too few features to estimate the noise: NaN or inf "
+                        "there). See docs/uncertainty.md")
+    p.add_argument("--noise-std", type=float, default=None, metavar="SIGMA",
+                   help="with --uncertainty and the mse loss: the data's Gaussian noise level, in the units the "
+                        "loss sees (after the model's normalisation and standardisation); without it, estimated "
+                        "per sample from its residual (written as noise_std)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(run=_encode)
 
 
 def _encode(args) -> None:
     from .distributed import launched_by_torchrun
+    from .errors import ConfigError
     from .shards import encode_shards
+    from .uncertainty import UncertaintySettings
     from .workflows import encode_file
 
+    if args.noise_std is not None and not args.uncertainty:
+        raise ConfigError("--noise-std is the noise level of --uncertainty; add --uncertainty")
+    uncertainty = UncertaintySettings(args.noise_std) if args.uncertainty else None
     if args.shard is None and args.shards is None and not launched_by_torchrun():
         encode_file(args.model, args.data, args.output, key=args.key, options=args.options, quiet=args.quiet,
-                    device=args.device)
+                    device=args.device, uncertainty=uncertainty)
+    elif uncertainty is not None:
+        raise ConfigError("--uncertainty is not yet written by sharded encodings; encode without --shard/--shards")
     else:
         encode_shards(args.model, args.data, args.output, shard=args.shard, count=args.shards, key=args.key,
                       options=args.options, quiet=args.quiet, device=args.device)
@@ -258,6 +277,11 @@ def _add_decode(sub) -> None:
     p.add_argument("latents", type=Path, help="latents file (.h5, .npz with array 'z', or .npy)")
     p.add_argument("-o", "--output", required=True, type=Path, help="reconstructions (.npy)")
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    p.add_argument("--std", type=Path, default=None, metavar="FILE",
+                   help="also write each reconstruction's standard deviation (.npy, same shape) in the data's units: "
+                        "the latents' covariances (from 'gfe encode --uncertainty') propagated through the decoder "
+                        "and link to first order; reconstruction +- 2 std is a band of about 95%% for the noise-free "
+                        "data, given the decoder. NaN for samples whose uncertainty is not valid")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(run=_decode)
 
@@ -265,7 +289,7 @@ def _add_decode(sub) -> None:
 def _decode(args) -> None:
     from .workflows import decode_file
 
-    decode_file(args.model, args.latents, args.output, quiet=args.quiet, device=args.device)
+    decode_file(args.model, args.latents, args.output, std=args.std, quiet=args.quiet, device=args.device)
 
 
 def _add_plot(sub) -> None:
@@ -385,12 +409,13 @@ def _data_ins(args) -> None:
 
 
 def _add_bench(sub) -> None:
-    from .bench import (data_efficiency, encoding, gradients, sharded_encoding, solvers, spectra, startup,
-                        stream_memory)
+    from .bench import (calibration, data_efficiency, encoding, gradients, sharded_encoding, solvers, spectra,
+                        stability, startup, stream_memory)
 
     p = sub.add_parser("bench", help=HELP["bench"])
     bench = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
-    for module in (data_efficiency, encoding, sharded_encoding, spectra, gradients, solvers, stream_memory, startup):
+    for module in (data_efficiency, encoding, sharded_encoding, spectra, gradients, solvers, stream_memory,
+                   calibration, stability, startup):
         module.add_parser(bench)
 
 

@@ -30,6 +30,7 @@ from .normalise import Standardisation, normalise
 from .persist import load_model, save_model
 from .train import Trainer
 from .train_config import TrainConfig
+from .uncertainty import LatentUncertainty, laplace
 
 _SET_BY_GFE = ("latent_dim", "out_shape")  # decoder arguments GFE fills in itself
 
@@ -297,18 +298,42 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         return self._encode(validate_data(self, X, dtype=np.float32, reset=False))
 
     def _encode(self, X: np.ndarray) -> Encoding:
-        settings = EncodeSettings.resolve(self._settings["encode"], has_start=self.start_ is not None)
+        x, weights = self._prepared(X)
+        return self._encode_settings().flow_encode(self.decoder_, self.start_, x, weights=weights)
+
+    def _prepared(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """X as the decoder sees it, and the loss's feature weights: a command-line
+        model's channels kept, weighed, normalised and standardised as `gfe encode` does."""
         if self._inputs is None:
-            return settings.flow_encode(self.decoder_, self.start_, X)
+            return X, None
         channels, kind, standardised = self._inputs
         x = channels.select(X.reshape(len(X), *channels.input_shape))
         x, _ = normalise(x, kind, channels.loss_weights(None))
-        x = x if standardised is None else standardised.apply(x)
-        return settings.flow_encode(self.decoder_, self.start_, x, weights=channels.loss_weights(None))
+        return (x if standardised is None else standardised.apply(x)), channels.loss_weights(None)
 
-    def transform(self, X):
-        """Latents of X, shape (n_samples, latent_dim): each row's flow from its start."""
-        return _numpy(self.encode(X).z)
+    def _encode_settings(self) -> EncodeSettings:
+        return EncodeSettings.resolve(self._settings["encode"], has_start=self.start_ is not None)
+
+    def encode_uncertainty(self, X, *, noise_std=None) -> tuple[Encoding, LatentUncertainty]:
+        """`encode(X)` and each latent's Laplace covariance, given the decoder
+        (`gfe.uncertainty.laplace`; docs/uncertainty.md): `noise_std` is the Gaussian
+        noise level of the mse loss (None: estimated per sample from its residual)."""
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float32, reset=False)
+        encoding = self._encode(X)
+        x, weights = self._prepared(X)
+        x = torch.from_numpy(np.ascontiguousarray(x)).reshape(len(x), *self.decoder_.out_shape)
+        return encoding, laplace(self.decoder_, self._encode_settings().loss_function, x, encoding.z, weights,
+                                 noise_std=noise_std)
+
+    def transform(self, X, return_std=False):
+        """Latents of X, shape (n_samples, latent_dim): each row's flow from its start.
+        With `return_std`, also their standard deviations, same shape, as
+        `encode_uncertainty` gives them (NaN or inf where they are not valid)."""
+        if not return_std:
+            return _numpy(self.encode(X).z)
+        encoding, latent = self.encode_uncertainty(X)
+        return _numpy(encoding.z), latent.std.float().numpy()
 
     def inverse_transform(self, Z):
         """Reconstructions in data space, shape (n_samples, n_features): the decoder's

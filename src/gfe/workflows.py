@@ -30,7 +30,7 @@ from .encode import Encoding, as_weights
 from .encode_settings import EncodeSettings
 from .errors import ConfigError, DataError
 from .ins.io import Grid, SpectraDataset, check_same_grid, grid_of
-from .latents import latents_path, latents_writer, provenance, read_latents, read_scale
+from .latents import latents_path, latents_writer, provenance, read_covariance, read_latents, read_scale
 from .losses import Loss, link
 from .models import DECODERS
 from .normalise import Standardisation, check_normalisation, check_standardisation
@@ -41,6 +41,7 @@ from .solvers import Status
 from .tensorboard_log import TensorBoardLog
 from .train import REFINE_SAMPLES, Trainer
 from .train_config import TrainConfig
+from .uncertainty import UncertaintySettings, as_float64, laplace, propagate
 
 CHECKPOINTS = "checkpoints"
 
@@ -266,14 +267,17 @@ def encoding_provenance(loaded, settings: EncodeSettings, inputs: ModelInput, da
 
 
 def write_encoded(path, loaded, inputs: ModelInput, settings: EncodeSettings, meta: dict, *, start: int = 0,
-                  stop: int | None = None, progress: bool = False) -> dict:
+                  stop: int | None = None, progress: bool = False,
+                  uncertainty: UncertaintySettings | None = None) -> dict:
     """Encode samples `start:stop` of `inputs` into the latents file `path`.
 
     Samples are read, encoded and appended a chunk (the encoder's `chunk_size`)
     at a time, so memory does not grow with the data; those are the solver calls
     an encoding of all the samples in memory makes, so the latents are the same
-    bit for bit. The file appears only once complete (`latents_writer`). Returns
-    `Encoding.summary()`'s keys for all the samples, and the seconds spent.
+    bit for bit. The file appears only once complete (`latents_writer`). With
+    `uncertainty`, each latent's Laplace covariance joins it (`gfe.uncertainty`).
+    Returns `Encoding.summary()`'s keys for all the samples, and the seconds spent
+    (and the counts of the uncertainty's validity codes).
     """
     stop = len(inputs.samples) if stop is None else stop
     totals = _Totals()
@@ -283,7 +287,13 @@ def write_encoded(path, loaded, inputs: ModelInput, settings: EncodeSettings, me
         for lo, x, scale in inputs.chunks(settings.chunk_size, start, stop):
             with rows_named(inputs.samples.on_disk.name, lo, lo + len(x), len(inputs.samples)):
                 encoding = encode_samples(loaded, x, settings, weights=inputs.mask)
-            writer.append(encoding, None if scale is None else {"scale": scale})
+            extra = {} if scale is None else {"scale": scale}
+            if uncertainty is not None:
+                latent = laplace(loaded.decoder, settings.loss_function, torch.from_numpy(x), encoding.z, inputs.mask,
+                                 noise_std=uncertainty.noise_std)
+                extra.update(latent.arrays())
+                totals.validity.update(latent.status_counts())
+            writer.append(encoding, extra or None)
             totals.add(encoding)
             if bar is None:
                 bar = stack.enter_context(tqdm(total=stop - start, desc="encoding", unit="sample",
@@ -299,6 +309,7 @@ class _Totals:
     def __init__(self):
         self.samples, self.loss, self.steps, self.nfe = 0, 0.0, 0.0, 0.0
         self.status: Counter = Counter()
+        self.validity: Counter = Counter()  # of the latents' uncertainty, when asked for
 
     def add(self, encoding: Encoding) -> None:
         self.samples += len(encoding)
@@ -310,24 +321,45 @@ class _Totals:
     def summary(self) -> dict:
         n = max(self.samples, 1)
         return {"samples": self.samples, "mean_loss": self.loss / n, "mean_steps": self.steps / n,
-                "mean_nfe": self.nfe / n, "status": dict(self.status)}
+                "mean_nfe": self.nfe / n, "status": dict(self.status),
+                **({"uncertainty": dict(self.validity)} if self.validity else {})}
 
 
-def encode_file(model, data, output, *, key=None, options=None, quiet=False, device="cpu") -> dict:
+def encode_file(model, data, output, *, key=None, options=None, quiet=False, device="cpu",
+                uncertainty: UncertaintySettings | None = None) -> dict:
     """Encode the samples of `data` with the model in `model` on `device` and write
     `output` a chunk at a time (`write_encoded`): .npy files and HDF5 datasets are
-    read as needed, so data larger than memory can be encoded. Returns the summary."""
+    read as needed, so data larger than memory can be encoded. With `uncertainty`
+    (.h5 or .npz output, flow models), each latent's covariance is written too.
+    Returns the summary."""
     output = latents_path(output)
     loaded = load_model(model, device)
     settings = EncodeSettings.of_model(loaded, options)
+    if uncertainty is not None:
+        _check_uncertainty(output, settings, uncertainty)
     with open_samples(data, key) as samples:
         inputs = model_input(loaded, samples, settings)
         meta = encoding_provenance(loaded, settings, inputs, data)
-        summary = write_encoded(output, loaded, inputs, settings, meta, progress=not quiet)
+        if uncertainty is not None:
+            meta["uncertainty"] = uncertainty.record()
+        summary = write_encoded(output, loaded, inputs, settings, meta, progress=not quiet, uncertainty=uncertainty)
     _say(quiet, f"encoded {summary['samples']} samples: mean loss {summary['mean_loss']:.5g}, "
                 f"{summary['mean_steps']:.1f} steps and {summary['mean_nfe']:.1f} decoder evaluations per "
-                f"sample, status {summary['status']}; written to {output}")
+                f"sample, status {summary['status']}"
+                + (f", uncertainty {summary['uncertainty']}" if "uncertainty" in summary else "")
+                + f"; written to {output}")
     return summary
+
+
+def _check_uncertainty(output: Path, settings: EncodeSettings, uncertainty: UncertaintySettings) -> None:
+    """Refuse, before any work, what latent uncertainty cannot be given for."""
+    if output.suffix.lower() == ".npy":
+        raise ConfigError(f"latent uncertainty is written to .h5 or .npz files (an .npy holds the latents alone); "
+                          f"got {output}")
+    if settings.with_encoder:
+        raise ConfigError("latent uncertainty is the curvature at the flow's optimum, which an autoencoder's "
+                          "encoder does not find; encode by the flow with --options (e.g. '{\"gtol\": 1e-5}')")
+    uncertainty.check(settings.loss)
 
 
 def _encode_with_encoder(loaded, x: np.ndarray, loss_name: str, weights=None) -> Encoding:
@@ -343,6 +375,10 @@ def _encode_with_encoder(loaded, x: np.ndarray, loss_name: str, weights=None) ->
                     xt.new_zeros(n, dtype=torch.float64))
 
 
+def _model_loss(loaded) -> str:
+    return loaded.settings.get("encode", {}).get("loss", "bce")
+
+
 def reconstruct(loaded, z, scale: np.ndarray | None = None) -> np.ndarray:
     """Reconstructions of latents `z` in the data's units: the decoder's output
     through the loss's link (probabilities for bce, rates for poisson), with what
@@ -350,20 +386,42 @@ def reconstruct(loaded, z, scale: np.ndarray | None = None) -> np.ndarray:
     the per-sample normalisation `scale` the latents were encoded with (None: none)."""
     with torch.no_grad():
         z = torch.from_numpy(np.asarray(z, dtype=np.float32)).to(module_device(loaded.decoder))
-        out = link(loaded.settings.get("encode", {}).get("loss", "bce"), loaded.decoder(z)).cpu().numpy()
+        out = link(_model_loss(loaded), loaded.decoder(z)).cpu().numpy()
     standardised = standardisation(loaded)
     if standardised is not None:
         out = standardised.undo(out)
-    if scale is not None:
-        out = out * scale.reshape(-1, *([1] * (out.ndim - 1)))
-    return out
+    return _rescale(out, scale)
 
 
-def decode_file(model, latents, output, *, quiet=False, device="cpu") -> np.ndarray:
-    """Decode the latents in `latents` with `model` on `device` and write reconstructions (.npy)."""
+def _rescale(out: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
+    return out if scale is None else out * scale.reshape(-1, *([1] * (out.ndim - 1)))
+
+
+def reconstruct_std(loaded, z, cov, scale: np.ndarray | None = None) -> np.ndarray:
+    """The standard deviation of each feature of `reconstruct(loaded, z, scale)` for
+    latents of covariance `cov` (n, d, d), propagated through decoder and link to first
+    order (`gfe.uncertainty.propagate`) and into the data's units as `reconstruct`
+    does (times the standardisation's deviations and `scale`); NaN where `cov` is."""
+    decoder, loss = as_float64(loaded.decoder), _model_loss(loaded)
+    device = module_device(decoder)
+    std = propagate(lambda v: link(loss, decoder(v)).flatten(1),
+                    torch.from_numpy(np.asarray(z, dtype=np.float64)).to(device),
+                    torch.from_numpy(np.asarray(cov, dtype=np.float64)).to(device))
+    std = std.cpu().numpy().astype(np.float32).reshape(len(std), *loaded.decoder.out_shape)
+    standardised = standardisation(loaded)
+    if standardised is not None:
+        std = std * standardised.std
+    return _rescale(std, scale)
+
+
+def decode_file(model, latents, output, *, std=None, quiet=False, device="cpu") -> np.ndarray:
+    """Decode the latents in `latents` with `model` on `device` and write reconstructions (.npy);
+    with `std` (an .npy path), also their standard deviations from the latents'
+    covariances (`reconstruct_std`; the file must hold them: `gfe encode --uncertainty`)."""
     output = Path(output)
-    if output.suffix.lower() != ".npy":
-        raise DataError(f"reconstructions are written as .npy; got {output}")
+    for path in (output, std):
+        if path is not None and Path(path).suffix.lower() != ".npy":
+            raise DataError(f"reconstructions and their deviations are written as .npy; got {path}")
     loaded = load_model(model, device)
     z, meta = read_latents(latents)
     scale = read_scale(latents, len(z))
@@ -376,11 +434,15 @@ def decode_file(model, latents, output, *, quiet=False, device="cpu") -> np.ndar
         raise DataError(f"{latents} holds {z.shape[1]}-dimensional latents; {model} expects {latent_dim}")
     if not np.isfinite(z).all():
         raise DataError(f"{latents} holds non-finite latents")
+    cov = None if std is None else read_covariance(latents, len(z), latent_dim)
     recon = reconstruct(loaded, z, scale)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(output) as tmp:
-        np.save(tmp, recon)
-    _say(quiet, f"decoded {len(recon)} samples of shape {recon.shape[1:]}; written to {output}")
+    arrays = {output: recon} if std is None else {output: recon, Path(std): reconstruct_std(loaded, z, cov, scale)}
+    for path, array in arrays.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            np.save(tmp, array)
+    _say(quiet, f"decoded {len(recon)} samples of shape {recon.shape[1:]}; written to {output}"
+                + ("" if std is None else f", their standard deviations to {std}"))
     return recon
 
 
@@ -401,7 +463,7 @@ def read_history(model) -> dict[str, np.ndarray] | None:
 def plot_model(model, data, out, *, key=None, samples=50, show=8, quiet=False, device="cpu") -> list[Path]:
     """Write the figures of a trained model to the folder `out`: the first `show`
     samples of `data` with their reconstructions in the data's units (spectra
-    overlaid, with residuals), the training curves (when the model has a
+    overlaid, with residuals and ±2σ bands from the latents' uncertainty), the training curves (when the model has a
     history), and the latents of `samples` samples spread evenly over `data` on
     their principal axes, coloured by loss. Only those samples are read and
     encoded (on `device`), so the figures take seconds however large `data` is.
@@ -424,8 +486,14 @@ def plot_model(model, data, out, *, key=None, samples=50, show=8, quiet=False, d
     shown = slice(0, min(show, total))
     name, out = Path(model).name, Path(out)
     recon = reconstruct(loaded, z, scale)[shown]  # decoded in one batch, as `gfe decode` does
+    stds = None
+    if plots.is_spectrum(recon.shape[1:]) and not settings.with_encoder:  # bands: the latents' uncertainty
+        latent = laplace(loaded.decoder, settings.loss_function, torch.from_numpy(x[shown]), encoding.z[shown],
+                         inputs.mask)
+        stds = {"reconstructed": reconstruct_std(loaded, z[shown], latent.cov.cpu().numpy(),
+                                                 None if scale is None else scale[shown])}
     written = [plots.plot_reconstructions(inputs.channels.select(raw[shown]), {"reconstructed": recon},
-                                          out / "reconstructions.png", n=show, x=axis,
+                                          out / "reconstructions.png", n=show, x=axis, stds=stds,
                                           xlabel=None if axis is None else axis_label,
                                           title=f"{name}: the first {shown.stop} samples of {data} and their "
                                                 "reconstructions")]
