@@ -6,6 +6,7 @@ import json
 
 import h5py
 import numpy as np
+import pytest
 
 from gfe.bench.spectra import probe_r2
 from gfe.cli import main
@@ -71,3 +72,21 @@ def test_knn_probe_finds_labels_held_nonlinearly_that_ridge_misses():
     assert probe_r2(z, y, ["a"], model="knn")["a"] > 0.95
     assert probe_r2(z, y, ["a"])["a"] < 0.2
     assert probe_r2(rng.normal(size=(400, 2)), y, ["a"], model="knn")["a"] < 0.1
+
+
+def test_bench_spectra_validates_and_retrains_as_gfe_train_does(tmp_path, capsys):
+    """With a validation share and retraining, a PCA-initialised decoder that training
+    only spoils (a far too large learning rate) stays at the PCA of every training
+    spectrum: its test error is PCA's."""
+    from gfe.bench.spectra import run
+
+    write_tiny_spectra(tmp_path / "ins.h5", n=30)
+    result = run(tmp_path / "ins.h5", [10], n_test=10, latent_dim=2, epochs=2, decoder="pca-mlp", lr=10.0,
+                 methods=("gfe-amd", "pca"), val_fraction=0.3, retrain_all=True, progress=False)
+    assert result["val_fraction"] == 0.3 and result["retrain_all"] is True
+    mse = {r["method"]: r["test_mse"] for r in result["results"]}
+    assert mse["gfe-amd"] == pytest.approx(mse["pca"], rel=1e-4)
+    with pytest.raises(SystemExit, match="2"):
+        main(["bench", "spectra", "--data", str(tmp_path / "ins.h5"), "--samples", "5", "--n-test", "10",
+              "--retrain-all", "--quiet"])
+    assert "retrain_all retrains the epochs validation chose: give a validation share" in capsys.readouterr().err

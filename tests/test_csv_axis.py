@@ -6,6 +6,7 @@ into the model and the latents, channel selection (`--range`, `--weights`), and
 from __future__ import annotations
 
 import json
+import math
 
 import h5py
 import numpy as np
@@ -91,6 +92,27 @@ def test_all_monotonic_lines_are_ambiguous_and_either_fix_works(tmp_path):
     as_sample = read(tmp_path, lines(["a", "b", "c"], [1, 2, 3], [4, 5, 6], [7, 8, 9]))
     assert as_sample.axis is None and as_sample.x.shape == (3, 3)
     assert read(tmp_path, lines([1, 2, 3])).x.shape == (1, 3)  # one line: a sample
+
+
+@pytest.mark.parametrize(("layout", "text", "axis"), [
+    ("quoted numbers", '"428","429","431"\n"0.5","0.7","0.6"\n"0.4","0.2","0.9"\n', [428, 429, 431]),
+    ("quoted text header naming the axis", '"wavenumber",428,429,431\n' + lines(*ROWS), [428, 429, 431]),
+    ("quoted pandas index column", '"",428,429,431\n"s1",0.5,0.7,0.6\n"s2",0.4,0.2,0.9\n', [428, 429, 431]),
+    ("quoted column names holding the delimiter", '"a, mean","b","c"\n' + lines(*ROWS), None),
+    ("spaces before quotes", '428, "429", "431"\n0.5, "0.7", 0.6\n0.4, 0.2, "0.9"\n', [428, 429, 431]),
+])
+def test_quoted_cells_are_unquoted(tmp_path, layout, text, axis):
+    data = read(tmp_path, text)
+    np.testing.assert_allclose(data.x, ROWS)
+    if axis is None:
+        assert data.axis is None
+    else:
+        np.testing.assert_array_equal(data.axis, axis)
+
+
+def test_a_quoted_text_cell_in_the_data_is_named(tmp_path):
+    with pytest.raises(DataError, match=r"line 2, column 2: 'n/a' is not a number"):
+        read(tmp_path, '428,429,431\n0.5,"n/a",0.6\n' + lines(ROWS[1]))
 
 
 def test_nan_cell_is_read_and_reported_by_validation(tmp_path):
@@ -234,6 +256,30 @@ def test_weights_are_recorded_and_weigh_the_model_features(tmp_path):
     assert read_latents(tmp_path / "z.h5")[0].shape == (30, 2)
 
 
+@pytest.mark.parametrize(("ranges", "kept"), [
+    ("1400:", AXIS >= 1400),
+    (":600", AXIS <= 600),
+    (":600,1700:", (AXIS <= 600) | (AXIS >= 1700)),
+])
+def test_open_ended_ranges_keep_everything_beyond_their_bound(tmp_path, ranges, kept):
+    data = write_csv(tmp_path / "spectra.csv", spectra())
+    assert run("train", data, "--out", tmp_path / "model", "--range", ranges, *TRAIN) == 0
+    settings = load_model(tmp_path / "model").settings
+    np.testing.assert_array_equal(settings["channels"]["model_axis"], AXIS[kept])
+    assert None in sum(settings["channels"]["ranges"], [])  # an open end is recorded as null (JSON has no inf)
+    assert Channels.from_record(settings["channels"]).describe().startswith(f"{kept.sum()} of 40 channels in {ranges}")
+    assert run("encode", tmp_path / "model", data, "-o", tmp_path / "z.h5", "--quiet") == 0
+    assert read_latents(tmp_path / "z.h5")[1]["axis"] == AXIS[kept].tolist()
+
+
+def test_range_syntax():
+    assert parse_ranges("950:") == ((950, math.inf),) and parse_ranges(":1550") == ((-math.inf, 1550),)
+    assert parse_ranges([(None, 3), (5, 4)]) == ((-math.inf, 3), (4, 5))
+    for bad in (":", "950", "1:2:3", "a:b", "nan:1", "", "950:1550,"):
+        with pytest.raises(ConfigError, match="either bound may be left out, e.g. 950: or :1550"):
+            parse_ranges(bad)
+
+
 @pytest.mark.parametrize(("ranges", "weights", "message"), [
     ("2000:3000", None, r"the ranges 2000:3000 keep none of the 40 channels \(the axis has 40 values 428..1833\)"),
     ("950-1550", None, "a range is written LO:HI"),
@@ -292,3 +338,33 @@ def test_ins_spectra_select_energies_and_cut_their_mask(tmp_path):
     np.testing.assert_array_equal(Channels.from_record(record).loss_weights(mask), mask[kept])
     assert run("encode", tmp_path / "model", tmp_path / "ins.h5", "-o", tmp_path / "z.h5", "--quiet") == 0
     assert read_latents(tmp_path / "z.h5")[0].shape == (20, 2)
+
+
+@pytest.mark.parametrize("extra", [(), ("--weights", "w.npy", "--standardise", "--normalise", "mean")])
+def test_the_estimator_loads_a_ranged_model_as_gfe_encode_uses_it(tmp_path, extra):
+    """`GFE.load` of a `gfe train --range` model takes full-width samples and keeps,
+    weighs, normalises and standardises its channels as `gfe encode` does; its
+    reconstructions are of the kept channels, standardisation undone."""
+    from gfe.estimator import GFE
+
+    x = spectra()
+    data = write_csv(tmp_path / "spectra.csv", x)
+    weights = np.linspace(0.5, 2.0, len(AXIS))
+    np.save(tmp_path / "w.npy", weights)
+    extra = [str(tmp_path / a) if a == "w.npy" else a for a in extra]
+    assert run("train", data, "--out", tmp_path / "model", "--range", "800:1600", *TRAIN, *extra) == 0
+    assert run("encode", tmp_path / "model", data, "-o", tmp_path / "z.h5", "--quiet") == 0
+    assert run("decode", tmp_path / "model", tmp_path / "z.h5", "-o", tmp_path / "r.npy", "--quiet") == 0
+    z, _ = read_latents(tmp_path / "z.h5")
+    with h5py.File(tmp_path / "z.h5") as f:
+        scale = f["scale"][()] if "scale" in f else np.ones(len(x))
+    model = GFE.load(tmp_path / "model")
+    kept = (AXIS >= 800) & (AXIS <= 1600)
+    assert model.n_features_in_ == len(AXIS)
+    np.testing.assert_array_equal(model.channels_.model_axis, AXIS[kept])
+    np.testing.assert_allclose(model.transform(x), z, rtol=1e-5, atol=1e-6)
+    recon = model.inverse_transform(z)
+    assert recon.shape == (len(x), int(kept.sum()))
+    np.testing.assert_allclose(recon * scale[:, None], np.load(tmp_path / "r.npy"), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="X has 20 features, but GFE is expecting 40 features"):
+        model.transform(x[:, :20])

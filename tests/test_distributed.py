@@ -87,6 +87,17 @@ def test_two_processes_train_like_one_and_resume(tmp_path, data):
             assert b[key] == pytest.approx(a[key], rel=1e-5), key
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs (one process on each, over NCCL)")
+def test_two_gpus_train_like_one(tmp_path, data):
+    config = TrainConfig(**{k: v for k, v in TRAIN.items() if k != "val_fraction"})
+    single = train_model(data, tmp_path / "single", config, val_fraction=TRAIN["val_fraction"], quiet=True,
+                         device="cuda").decoder.state_dict()
+    torchrun("train", *cli_args(data, tmp_path / "ddp", "--quiet", "--device", "cuda", **TRAIN))
+    ddp = load_model(tmp_path / "ddp").decoder.state_dict()
+    for name, value in single.items():
+        torch.testing.assert_close(ddp[name], value.cpu(), atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_replicas_split_every_batch_and_average_to_the_batch_mean():
     for n in (1, 5, 11):
         for world in (1, 2, 3):

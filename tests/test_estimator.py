@@ -146,12 +146,13 @@ def test_save_load_keeps_every_parameter(X, tmp_path):
     params = dict(latent_dim=3, method="gfe-nesterov", loss="bce", decoder={"type": "mlp", "hidden": [8]},
                   feature_shape=(2, 3), epochs=2, batch_size=7, optimizer="adam", lr=1e-2, lr_schedule="cosine",
                   encode_options={"max_steps": 10, "gtol": 1e-3}, encode_ahead=2, refine_start=True,
-                  latent_penalty=0.1, latent_noise=0.05, random_state=3, verbose=True)
+                  latent_penalty=0.1, latent_noise=0.05, random_state=3, device="cpu:0", verbose=True)
     defaults = GFE().get_params()
     assert params.keys() == defaults.keys()  # a new parameter belongs here too
     assert [name for name in params if params[name] == defaults[name]] == []
     model = GFE(**params).fit((X + 1) / 2)  # in [0, 1] for bce
     loaded = GFE.load(model.save(tmp_path / "model"))
+    params["device"] = "cpu"  # but the device: the one it was loaded on, GFE.load's
     assert loaded.get_params() == params
     assert clone(loaded).get_params() == params
 

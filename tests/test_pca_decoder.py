@@ -11,6 +11,7 @@ import torch
 
 import gfe
 from gfe.cli import main
+from gfe.errors import ConfigError
 from gfe.estimator import GFE
 from gfe.losses import loss_spec
 from gfe.models import DECODERS, PCAMLPDecoder, build_decoder, build_encoder
@@ -38,12 +39,13 @@ def pca_scores(x: np.ndarray, k: int, weights: np.ndarray | None = None):
     return pca.transform(x * root), pca.components_, pca.mean_ / np.where(root > 0, root, 1.0)
 
 
-def pca_trainer(loss: str = "mse", **config) -> Trainer:
+def pca_trainer(loss: str = "mse", checkpoint_dir=None, callbacks=(), **config) -> Trainer:
     settings = dict(method="gfe-amd", latent_dim=LATENT, epochs=1, batch_size=10, optimizer="adam", lr=1e-3,
                     loss=loss, encode_options={"max_steps": 30})
     torch.manual_seed(0)
     decoder = PCAMLPDecoder(LATENT, (FEATURES,), hidden=(16,))
-    return Trainer(TrainConfig(**{**settings, **config}), (FEATURES,), decoder=decoder, progress=False)
+    return Trainer(TrainConfig(**{**settings, **config}), (FEATURES,), decoder=decoder, progress=False,
+                   checkpoint_dir=checkpoint_dir, callbacks=callbacks)
 
 
 def test_the_first_encoding_is_the_pca_projection():
@@ -155,3 +157,78 @@ def test_command_line_and_estimator(tmp_path):
     scores, components, mean = pca_scores(x, LATENT)
     error = float(np.mean((scores @ components + mean - x) ** 2))
     assert model.fit(x).score(x) <= 0 and -model.score(x) < 1.05 * error  # about PCA's error after a short fit
+
+
+def test_one_standard_error_rule():
+    from gfe.train import _clearly_lower
+
+    ref = torch.tensor([2.0, 2.0, 2.0, 2.0], dtype=torch.float64)
+    assert _clearly_lower(ref - 0.1, ref)  # every sample lower alike
+    assert not _clearly_lower(ref + torch.tensor([-1.0, 0.9, -1.0, 0.9], dtype=torch.float64), ref)  # within noise
+    assert not _clearly_lower(ref[:1] - 1, ref[:1])  # one sample cannot say
+
+
+def test_the_start_is_kept_unless_an_epoch_clearly_beats_it():
+    x, val = nearly_linear(60), nearly_linear(20, seed=1)
+    wrecked = pca_trainer(epochs=3, lr=0.3)  # too large a step: every epoch is worse than the PCA start
+    wrecked.init_decoder(x)
+    start = {name: t.clone() for name, t in wrecked.decoder.state_dict().items()}
+    history = wrecked.fit(x, val)
+    assert [r.best_epoch for r in history] == [0, 0, 0] and all(r.val_loss > wrecked.evaluate(val) for r in history)
+    for name, t in wrecked.decoder.state_dict().items():
+        assert torch.equal(t, start[name]), name
+    learning = pca_trainer(epochs=3, lr=3e-3)  # the bend is there to learn: training clearly beats PCA
+    assert learning.fit(nearly_linear(200), val)[-1].best_epoch > 0
+
+
+@pytest.mark.parametrize("lr", [0.3, 3e-3])
+def test_retrain_all_trains_the_best_epochs_again_on_every_sample(lr):
+    x, val = nearly_linear(60), nearly_linear(20, seed=1)
+    chooser = pca_trainer(epochs=3, lr=lr, retrain_all=True)
+    chooser.fit(x, val)
+    best = chooser.history[-1].best_epoch
+    final = chooser.retrained(x, val)
+    assert final.history == chooser.history and final.config == chooser.config
+    every = np.concatenate([x, val])
+    again = pca_trainer(epochs=max(best, 1), lr=lr)
+    if best:
+        again.fit(every)
+    else:
+        again.init_decoder(every)  # the start kept: the PCA of every sample, untrained
+    for (name, p), q in zip(final.decoder.state_dict().items(), again.decoder.state_dict().values()):
+        assert torch.equal(p, q), name
+    with pytest.raises(ConfigError, match="retrain_all acts on the validation loss"):
+        pca_trainer(retrain_all=True).fit(x)
+
+
+def test_gfe_train_retrain_all_keeps_the_pca_of_every_sample(tmp_path, capsys):
+    x = nearly_linear(40)
+    np.save(tmp_path / "spectra.npy", x)
+    assert main(["train", str(tmp_path / "spectra.npy"), "--out", str(tmp_path / "model"), "--decoder", "pca-mlp",
+                 "--loss", "mse", "--latent-dim", "3", "--epochs", "2", "--batch-size", "10", "--lr", "0.3",
+                 "--val-fraction", "0.25", "--retrain-all"]) == 0
+    out = capsys.readouterr().out
+    assert "training on 30 samples, validating on 10" in out and "retraining 0 epochs (the best) on all 40" in out
+    decoder = gfe.load_model(tmp_path / "model").decoder
+    np.testing.assert_allclose(decoder.linear.bias.detach().numpy(), x.mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_the_kept_start_and_retraining_survive_an_interruption(tmp_path):
+    x, val = nearly_linear(60), nearly_linear(20, seed=1)
+    whole = pca_trainer(epochs=3, lr=3e-3, retrain_all=True)
+    whole.fit(x, val)
+
+    def interrupt(trainer, record):
+        if record.epoch == 1:
+            raise KeyboardInterrupt
+
+    cut = pca_trainer(epochs=3, lr=3e-3, retrain_all=True, checkpoint_dir=tmp_path, callbacks=(interrupt,))
+    with pytest.raises(KeyboardInterrupt):
+        cut.fit(x, val)
+    resumed = Trainer.resume(tmp_path, progress=False)
+    assert torch.equal(resumed.start_val, cut.start_val)
+    resumed.fit(x, val)
+    assert [r.best_epoch for r in resumed.history] == [r.best_epoch for r in whole.history]
+    a, b = whole.retrained(x, val), resumed.retrained(x, val)
+    for (name, p), q in zip(a.decoder.state_dict().items(), b.decoder.state_dict().values()):
+        assert torch.equal(p, q), name

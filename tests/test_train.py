@@ -279,7 +279,7 @@ def test_the_best_validation_epoch_is_kept(images, noise):
 def test_patience_stops_the_run(images, noise):
     history = make_trainer(_jumpy(patience=1)).fit(images, noise)
     assert len(history) < 6 and len(history) == history[-1].best_epoch + 1
-    with pytest.raises(ConfigError, match="patience stops on the validation loss: pass validation data"):
+    with pytest.raises(ConfigError, match="patience acts on the validation loss: pass validation data"):
         make_trainer(_jumpy(patience=1)).fit(images)
 
 

@@ -23,18 +23,26 @@ from .samples import Dataset, check_same_axis, describe_axis
 
 
 def parse_ranges(ranges) -> tuple[tuple[float, float], ...] | None:
-    """`"LO:HI,LO:HI"` or (LO, HI) pairs as (low, high) pairs; None for None."""
+    """`"LO:HI,LO:HI"` or (LO, HI) pairs as (low, high) pairs; None for None. A
+    bound left out (`"950:"`, `":1550"`; None in a pair) is open: -inf or inf."""
     if ranges is None:
         return None
+
+    def bound(value, open_end: float) -> float:
+        return open_end if value is None or (isinstance(value, str) and not value.strip()) else float(value)
+
     try:
-        pairs = [tuple(float(v) for v in (part.split(":") if isinstance(ranges, str) else part))
+        parts = [part.split(":") if isinstance(ranges, str) else tuple(part)
                  for part in (ranges.split(",") if isinstance(ranges, str) else ranges)]
-        good = bool(pairs) and all(len(pair) == 2 and np.isfinite(pair).all() for pair in pairs)
+        pairs = [(bound(part[0], -math.inf), bound(part[1], math.inf)) for part in parts if len(part) == 2]
+        good = bool(pairs) and len(pairs) == len(parts) and all(
+            not np.isnan(pair).any() and np.isfinite(pair).any() for pair in pairs)
     except (TypeError, ValueError):
         good = False
     if not good:
         raise ConfigError(f"a range is written LO:HI (inclusive, on the axis values, else on feature indices; "
-                          f"several separated by commas, e.g. 950:1550,1600:1700); got {ranges!r}")
+                          f"either bound may be left out, e.g. 950: or :1550; several separated by commas, "
+                          f"e.g. 950:1550,1600:1700); got {ranges!r}")
     return tuple((min(lo, hi), max(lo, hi)) for lo, hi in pairs)
 
 
@@ -139,7 +147,7 @@ class Channels:
             return None if a is None else np.asarray(a).tolist()
 
         return {"input_shape": list(self.input_shape), "axis": listed(self.axis), "on": self.on,
-                "ranges": None if self.ranges is None else [[lo, hi] for lo, hi in self.ranges],
+                "ranges": None if self.ranges is None else [[_finite(lo), _finite(hi)] for lo, hi in self.ranges],
                 "weights": listed(self.weights), "model_axis": listed(self.model_axis)}
 
     @classmethod
@@ -154,9 +162,14 @@ class Channels:
 
         ranges = record.get("ranges")
         weights = array("weights")
-        return cls(shape, array("axis"), None if ranges is None else tuple(map(tuple, ranges)), record["on"],
+        return cls(shape, array("axis"), parse_ranges(ranges), record["on"],
                    None if weights is None else weights.reshape(shape))
 
 
+def _finite(bound: float) -> float | None:
+    """A range's bound as JSON holds it: None for an open end."""
+    return bound if math.isfinite(bound) else None
+
+
 def _text(ranges) -> str:
-    return ",".join(f"{lo:g}:{hi:g}" for lo, hi in ranges)
+    return ",".join(":".join(f"{b:g}" if math.isfinite(b) else "" for b in pair) for pair in ranges)

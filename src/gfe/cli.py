@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from .cli_args import DATA_HELP, int_list, json_dict
+from .cli_args import DATA_HELP, DEVICE_HELP, int_list, json_dict
 
 EXAMPLES = """\
 examples:
@@ -22,6 +22,8 @@ examples:
   gfe merge shards/ -o latents.h5                     # join the shards in input order
   torchrun --nproc-per-node 2 -m gfe train digits --out runs/ddp  # data-parallel training (DDP)
   gfe decode runs/digits latents.h5 -o recon.npy      # reconstructions from latents
+  gfe encode runs/digits data.npy -o z.h5 --uncertainty  # latents with their covariances (z_cov, z_std)
+  gfe decode runs/digits z.h5 -o recon.npy --std std.npy # reconstructions with their standard deviations
   gfe plot runs/digits --data digits --out figs       # reconstructions, training curves, latent space
   gfe info runs/digits                                # what a model or latents file holds
   gfe data ins --n 500 --out ins.h5                   # synthetic INS spectra (needs gfe[ins])
@@ -29,19 +31,34 @@ examples:
 
 Run 'gfe COMMAND --help' for the options of each command."""
 
+# each command's line in `gfe --help`, in that order
+HELP = {
+    "demo": "GFE versus the autoencoder on the embedded digits (about a minute)",
+    "data": "generate datasets",
+    "train": "train a decoder (GFE) or the autoencoder baseline",
+    "encode": "encode data with a trained model",
+    "merge": "join the shard files of a sharded encoding",
+    "decode": "reconstruct data from latents",
+    "plot": "figures of a trained model: reconstructions, training curves, latent space",
+    "info": "show what a model directory or latents file holds",
+    "bench": "benchmarks that write JSON",
+}
+
 
 def _add_train(sub) -> None:
     p = sub.add_parser(
-        "train", help="train a decoder (GFE) or the autoencoder baseline",
+        "train", help=HELP["train"],
         description="Train a decoder on DATA and write a model directory (weights.safetensors, config.json, "
                     "history.csv). A checkpoint is written after every epoch; a killed run continues with --resume. "
                     "Under 'torchrun --nproc-per-node N -m gfe train ...' every batch is split across the N "
-                    "processes (DDP over gloo) and the result matches one process; see docs/distributed.md.",
+                    "processes (DDP over gloo; with --device cuda one GPU per process, over NCCL) and the result "
+                    "matches one process; see docs/distributed.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_train_data(p.add_argument_group("the data and how the model sees them"))
     _add_train_model(p.add_argument_group("the model and its optimisation"))
     _add_train_flow(p.add_argument_group("the gradient flow (gfe-* methods)"))
     p.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP + "; a run resumes on any device")
     p.add_argument("--tensorboard", type=Path, metavar="DIR", default=None,
                    help="also log each epoch's losses and flow steps for TensorBoard into DIR (needs the "
                         "'tensorboard' extra); the history is always written to OUT/history.csv")
@@ -107,6 +124,11 @@ def _add_train_model(g) -> None:
                    help="save the epoch of lowest validation loss (history.csv: best_epoch), not the last")
     g.add_argument("--patience", type=int, default=TrainConfig.patience, metavar="EPOCHS",
                    help="stop once the validation loss has not improved for EPOCHS epochs")
+    g.add_argument("--retrain-all", action="store_true",
+                   help="once validation has chosen the best epoch, train that many epochs again from the same "
+                        "initial weights on the training and validation samples together (for small data: no "
+                        "sample is left out of the model; the 'pca-mlp' decoder then stays at the PCA of every "
+                        "sample unless training clearly beat it). Costs up to twice the training")
     g.add_argument("--seed", type=int, default=TrainConfig.seed,
                    help="seeds the initial weights, the validation split, the data order and --latent-noise")
     g.add_argument("--on-nonfinite", default=TrainConfig.on_nonfinite, choices=list(ON_NONFINITE),
@@ -150,22 +172,23 @@ def _add_train_flow(g) -> None:
 def _train(args) -> None:
     import dataclasses
 
-    from .distributed import process_group
+    from .distributed import process_device, process_group
     from .train_config import TrainConfig
     from .workflows import train_model
 
     options = {**vars(args), "encode_options": args.encode_options or {}}
     config = TrainConfig(**{f.name: options[f.name] for f in dataclasses.fields(TrainConfig) if f.name in options})
-    with process_group() as replicas:
+    device = process_device(args.device)
+    with process_group(device) as replicas:
         train_model(args.data, args.out, config, key=args.key, decoder=args.decoder, val_fraction=args.val_fraction,
                     normalise=args.normalise, standardise=args.standardise, ranges=args.ranges,
                     weights=args.weights, resume=args.resume, quiet=args.quiet, tensorboard=args.tensorboard,
-                    refine_start=args.refine_start, lazy=args.lazy, replicas=replicas)
+                    refine_start=args.refine_start, lazy=args.lazy, device=device, replicas=replicas)
 
 
 def _add_encode(sub) -> None:
     p = sub.add_parser(
-        "encode", help="encode data with a trained model",
+        "encode", help=HELP["encode"],
         description="Encode every sample of DATA by integrating the model's gradient flow from its learned start "
                     "(a ridge map from sample to latent fitted during training; --options '{\"start\": \"zero\"}' "
                     "starts from z0 = 0). Deterministic and independent of batch-mates. .h5 output holds latents, per-sample "
@@ -190,25 +213,44 @@ def _add_encode(sub) -> None:
                         help="split the samples into COUNT shards and encode those not yet in the folder -o "
                              "(a killed run resumes); under 'torchrun --nproc-per-node N -m gfe encode' each "
                              "process takes every N-th shard (default there: one shard per process)")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also write each latent's uncertainty to the .h5/.npz file: z_cov (its covariance, a "
+                        "Laplace approximation from the likelihood's curvature at the latent, given the decoder), "
+                        "z_std (the standard deviations) and z_std_status (0 valid; 1 the flow did not converge, "
+                        "2 a flat direction, 3 non-finite, 4 too few features to estimate the noise: NaN or inf "
+                        "there). See docs/uncertainty.md")
+    p.add_argument("--noise-std", type=float, default=None, metavar="SIGMA",
+                   help="with --uncertainty and the mse loss: the data's Gaussian noise level, in the units the "
+                        "loss sees (after the model's normalisation and standardisation); without it, estimated "
+                        "per sample from its residual (written as noise_std)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(run=_encode)
 
 
 def _encode(args) -> None:
     from .distributed import launched_by_torchrun
+    from .errors import ConfigError
     from .shards import encode_shards
+    from .uncertainty import UncertaintySettings
     from .workflows import encode_file
 
+    if args.noise_std is not None and not args.uncertainty:
+        raise ConfigError("--noise-std is the noise level of --uncertainty; add --uncertainty")
+    uncertainty = UncertaintySettings(args.noise_std) if args.uncertainty else None
     if args.shard is None and args.shards is None and not launched_by_torchrun():
-        encode_file(args.model, args.data, args.output, key=args.key, options=args.options, quiet=args.quiet)
+        encode_file(args.model, args.data, args.output, key=args.key, options=args.options, quiet=args.quiet,
+                    device=args.device, uncertainty=uncertainty)
+    elif uncertainty is not None:
+        raise ConfigError("--uncertainty is not yet written by sharded encodings; encode without --shard/--shards")
     else:
         encode_shards(args.model, args.data, args.output, shard=args.shard, count=args.shards, key=args.key,
-                      options=args.options, quiet=args.quiet)
+                      options=args.options, quiet=args.quiet, device=args.device)
 
 
 def _add_merge(sub) -> None:
     p = sub.add_parser(
-        "merge", help="join the shard files of a sharded encoding",
+        "merge", help=HELP["merge"],
         description="Join the shard files that 'gfe encode ... --shard/--shards' wrote into OUTDIR into one "
                     "latents file, in input order. Refuses, writing nothing, when a shard is missing or "
                     "belongs to another model, input or settings.",
@@ -227,13 +269,19 @@ def _merge(args) -> None:
 
 def _add_decode(sub) -> None:
     p = sub.add_parser(
-        "decode", help="reconstruct data from latents",
+        "decode", help=HELP["decode"],
         description="Decode latents (a file from 'gfe encode', or any (N, latent_dim) array) into "
                     "reconstructions in data space (probabilities for bce, rates for poisson).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", type=Path, help="model directory written by 'gfe train'")
     p.add_argument("latents", type=Path, help="latents file (.h5, .npz with array 'z', or .npy)")
     p.add_argument("-o", "--output", required=True, type=Path, help="reconstructions (.npy)")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    p.add_argument("--std", type=Path, default=None, metavar="FILE",
+                   help="also write each reconstruction's standard deviation (.npy, same shape) in the data's units: "
+                        "the latents' covariances (from 'gfe encode --uncertainty') propagated through the decoder "
+                        "and link to first order; reconstruction +- 2 std is a band of about 95%% for the noise-free "
+                        "data, given the decoder. NaN for samples whose uncertainty is not valid")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(run=_decode)
 
@@ -241,12 +289,12 @@ def _add_decode(sub) -> None:
 def _decode(args) -> None:
     from .workflows import decode_file
 
-    decode_file(args.model, args.latents, args.output, quiet=args.quiet)
+    decode_file(args.model, args.latents, args.output, std=args.std, quiet=args.quiet, device=args.device)
 
 
 def _add_plot(sub) -> None:
     p = sub.add_parser(
-        "plot", help="figures of a trained model: reconstructions, training curves, latent space",
+        "plot", help=HELP["plot"],
         description="Encode the first --show samples of DATA and --samples more spread over it with MODEL and "
                     "write into OUT: reconstructions.png (in the data's units: each spectrum overlaid with its "
                     "reconstruction and the residual below; images and 2-D maps above their reconstructions), "
@@ -261,6 +309,7 @@ def _add_plot(sub) -> None:
                    help="samples, spread evenly over DATA, encoded for the latent-space view (encoding time grows "
                         "with it)")
     p.add_argument("--show", type=int, default=8, help="samples shown with their reconstructions")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(run=_plot)
 
@@ -269,23 +318,24 @@ def _plot(args) -> None:
     from .workflows import plot_model
 
     plot_model(args.model, args.data, args.out, key=args.key, samples=args.samples, show=args.show,
-               quiet=args.quiet)
+               quiet=args.quiet, device=args.device)
 
 
 def _add_info(sub) -> None:
-    p = sub.add_parser("info", help="show what a model directory or latents file holds",
+    p = sub.add_parser("info", help=HELP["info"],
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("path", type=Path, help="model directory or latents file (.h5, .npz, or .npy with its sidecar)")
     p.set_defaults(run=lambda args: print(json.dumps(_info(args.path), indent=2)))
 
 
 def _info(path: Path) -> dict:
-    from .latents import read_latents
-    from .persist import load_model
-
     if path.is_dir():
-        config = load_model(path).config
+        from .model_files import verified_model_files  # the config, verified, without PyTorch
+
+        config = verified_model_files(path)[0]
         return _brief({key: config[key] for key in ("gfe_version", "decoder", "encoder", "settings", "weights_sha256")})
+    from .latents import read_latents  # h5py: only for latents files
+
     z, meta = read_latents(path)
     return _brief({"samples": z.shape[0], "latent_dim": z.shape[1], "provenance": meta})
 
@@ -303,7 +353,7 @@ def _brief(value):
 
 def _add_demo(sub) -> None:
     p = sub.add_parser(
-        "demo", help="GFE versus the autoencoder on the embedded digits (about a minute)",
+        "demo", help=HELP["demo"],
         description="Train GFE and an autoencoder with the same decoder on few samples of scikit-learn's "
                     "8x8 digits, print test losses and timings, and write reconstructions.png and "
                     "loss_curves.png.",
@@ -322,7 +372,7 @@ def _demo(args) -> None:
 
 
 def _add_data(sub) -> None:
-    p = sub.add_parser("data", help="generate datasets")
+    p = sub.add_parser("data", help=HELP["data"])
     kinds = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
     q = kinds.add_parser(
         "ins", help="synthetic inelastic neutron scattering spectra (needs the extra gfe[ins])",
@@ -359,38 +409,57 @@ def _data_ins(args) -> None:
 
 
 def _add_bench(sub) -> None:
-    from .bench import data_efficiency, encoding, gradients, sharded_encoding, solvers, spectra, stream_memory
+    from .bench import (calibration, data_efficiency, encoding, gradients, sharded_encoding, solvers, spectra,
+                        stability, startup, stream_memory)
 
-    p = sub.add_parser("bench", help="benchmarks that write JSON")
+    p = sub.add_parser("bench", help=HELP["bench"])
     bench = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
-    for module in (data_efficiency, encoding, sharded_encoding, spectra, gradients, solvers, stream_memory):
+    for module in (data_efficiency, encoding, sharded_encoding, spectra, gradients, solvers, stream_memory,
+                   calibration, stability, startup):
         module.add_parser(bench)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The `gfe` parser; for arguments `argv`, only the options of the command
+    they name are built (the others are listed by name), since building some
+    imports PyTorch: so `gfe --help` answers in a fraction of a second
+    (measured by `gfe bench startup`)."""
+    command = None if argv is None else next((arg for arg in argv if not arg.startswith("-")), "")
     parser = argparse.ArgumentParser(
         prog="gfe", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
         description="Gradient Flow Encoding: an autoencoder without an encoder. Samples are encoded by "
                     "integrating a gradient flow of the reconstruction loss in latent space against a "
                     "decoder, and the decoder is trained on those latents.")
-    parser.add_argument("--version", action="version", version=f"gfe {_version()}")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_demo, _add_data, _add_train, _add_encode, _add_merge, _add_decode, _add_plot, _add_info,
-                _add_bench):
-        add(sub)
+    adders = {"demo": _add_demo, "data": _add_data, "train": _add_train, "encode": _add_encode,
+              "merge": _add_merge, "decode": _add_decode, "plot": _add_plot, "info": _add_info, "bench": _add_bench}
+    for name, add in adders.items():
+        if command is None or name == command:
+            add(sub)
+        else:
+            sub.add_parser(name, help=HELP[name])
     return parser
 
 
-def _version() -> str:
-    from .persist import gfe_version
+class _Version(argparse.Action):
+    """--version, looked up only when asked."""
 
-    return gfe_version()
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show gfe's version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .version import gfe_version
+
+        parser.exit(message=f"gfe {gfe_version()}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     from .errors import GFEError
 
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         args.run(args)

@@ -16,6 +16,10 @@ DATA_HELP = ("data: a .npy, .npz, .h5/.hdf5, .csv or .tsv/.tab file (one sample 
              "every line is); the first column is an index, dropped, if the header's first cell is empty or "
              "names it, or every row has one more cell than the header")
 
+DEVICE_HELP = ("where to compute: cpu (the default), cuda (the current GPU; under torchrun, the process's "
+               "LOCAL_RANK-th GPU), cuda:N or mps. Results on the CPU are the same bit for bit whatever the "
+               "default; other devices round differently (docs/devices.md)")
+
 
 def int_list(text: str, minimum: int = 1) -> list[int]:
     try:

@@ -8,6 +8,7 @@ one kind of error whatever the format.
 from __future__ import annotations
 
 import contextlib
+import csv
 import functools
 import math
 import os
@@ -124,14 +125,16 @@ def _is_number(cell: str) -> bool:
 
 def _lines(path: Path, delimiter: str) -> list[tuple[int, list[str]]]:
     """(line number, cells) of each line that is not blank or a `#` comment,
-    without the empty last cell a trailing delimiter leaves when every line
-    after the first (or the only line) has one."""
+    cells unquoted as the `csv` module reads them (`"1.5"` is 1.5; a quoted cell
+    may hold the delimiter), without the empty last cell a trailing delimiter
+    leaves when every line after the first (or the only line) has one."""
     lines = []
     with open(path, encoding="utf-8-sig") as f:
         for number, line in enumerate(f, start=1):
             text = line.split("#", 1)[0]
             if text.strip():
-                lines.append((number, [cell.strip() for cell in text.rstrip("\r\n").split(delimiter)]))
+                cells = next(csv.reader([text.rstrip("\r\n")], delimiter=delimiter, skipinitialspace=True))
+                lines.append((number, [cell.strip() for cell in cells]))
     if lines and all(cells[-1] == "" for _, cells in lines[1:] or lines):
         lines = [(number, cells[:-1] if cells[-1] == "" else cells) for number, cells in lines]
     return lines
@@ -187,7 +190,8 @@ def _read_delimited(path: Path, key, stack: contextlib.ExitStack, delimiter: str
     """Delimited numbers (CSV, or TSV with tabs), one sample per line, and the axis if the file gives one.
 
     - Blank lines and `#` comments are skipped; an empty last cell on every line
-      (a trailing delimiter) is dropped.
+      (a trailing delimiter) is dropped. Cells may be quoted (`"1.5"`, `"wavenumber"`),
+      as spreadsheets and `csv` writers quote them.
     - The first line is a header if any cell is text or its first cell is empty
       (pandas' `to_csv`). Its cells after the first are the axis if they are all
       numbers (strictly monotonic ones after a text cell, which names the index

@@ -7,9 +7,10 @@ decoder's forward and backward on the fixed latents, goes through PyTorch's
 `DistributedDataParallel`, which averages the gradients across processes.
 
 The process group comes from the environment `torchrun` sets (RANK, WORLD_SIZE,
-MASTER_ADDR, ...), on one machine or across the nodes of a cluster. Its backend
-is gloo, PyTorch's backend for CPU tensors, because gfe trains on the CPU; a
-trainer on GPUs would use NCCL ("cpu:gloo,cuda:nccl") and one process per GPU.
+MASTER_ADDR, ...), on one machine or across the nodes of a cluster. On the CPU
+its backend is gloo; on GPUs (one process per GPU, `process_device`) it is
+"cpu:gloo,cuda:nccl": NCCL for the gradients and gathered rows, which live on
+the GPU, gloo for the few CPU totals.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .devices import resolve_device
 from .errors import ConfigError
 
 
@@ -38,6 +40,15 @@ def launch_rank() -> tuple[int, int]:
 def launched_by_torchrun() -> bool:
     """Whether this process is one of several started by `torchrun`."""
     return launch_rank()[1] > 1
+
+
+def process_device(device="cpu") -> torch.device:
+    """This process's device: `device` checked (`resolve_device`), and a bare
+    "cuda" under torchrun made the LOCAL_RANK-th GPU, one per process."""
+    device = resolve_device(device)
+    if device.type == "cuda" and device.index is None and launched_by_torchrun():
+        device = resolve_device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}")
+    return device
 
 
 def split_bounds(n: int, parts: int, index: int) -> tuple[int, int]:
@@ -82,7 +93,10 @@ class Replicas:
 
         Wrapping broadcasts rank 0's parameters, so all replicas start equal.
         """
-        return module if self.world_size == 1 else DistributedDataParallel(module)
+        if self.world_size == 1:
+            return module
+        device = next(module.parameters()).device
+        return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
     def sum(self, *values: float) -> tuple[float, ...]:
         """Sums of `values` over all processes (float64, so totals do not lose precision)."""
@@ -109,9 +123,10 @@ class Replicas:
 
 
 @contextlib.contextmanager
-def process_group() -> Iterator[Replicas]:
+def process_group(device="cpu") -> Iterator[Replicas]:
     """The replicas of this launch: joins torchrun's process group for the block's
-    duration, or yields a single process when not launched by torchrun."""
+    duration (over NCCL too when this process's `device` is a GPU), or yields a
+    single process when not launched by torchrun."""
     if not launched_by_torchrun():
         yield Replicas()
         return
@@ -119,7 +134,10 @@ def process_group() -> Iterator[Replicas]:
     if missing:
         raise ConfigError(f"WORLD_SIZE is set but {', '.join(missing)} is not: start several processes with "
                           "torchrun (e.g. 'torchrun --nproc-per-node 2 -m gfe train ...'), which sets them all")
-    dist.init_process_group("gloo")
+    device = process_device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
     try:
         yield Replicas(dist.get_rank(), dist.get_world_size())
         # leave together: a rank that tears gloo down while another still writes

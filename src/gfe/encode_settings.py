@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from .encode import Encoding, FlowEncoder, encode
 from .errors import ConfigError
+from .losses import Loss
 from .start import MAX_FEATURES, START_MODES
 
 DEFAULT_CHUNK = inspect.signature(FlowEncoder).parameters["chunk_size"].default
@@ -55,6 +56,13 @@ class EncodeSettings:
     @property
     def loss(self) -> str:
         return self.options.get("loss", "bce")
+
+    @property
+    def loss_function(self) -> Loss:
+        """The loss and latent penalty the flow descends."""
+        loss = self.options.get("loss", "bce")
+        return loss if isinstance(loss, Loss) else Loss(loss, self.options.get("penalty"),
+                                                        self.options.get("penalty_weight", 0.0))
 
     @property
     def chunk_size(self) -> int:

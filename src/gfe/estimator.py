@@ -18,15 +18,19 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
+from .channels import Channels
+from .devices import module_device, resolve_device
 from .encode import Encoding
 from .encode_settings import EncodeSettings
 from .errors import ConfigError, DataError, ModelFileError
 from .losses import link
 from .methods import flow_methods, method_spec
 from .models import DECODERS, build_decoder, default_decoder
+from .normalise import Standardisation, normalise
 from .persist import load_model, save_model
 from .train import Trainer
 from .train_config import TrainConfig
+from .uncertainty import LatentUncertainty, laplace
 
 _SET_BY_GFE = ("latent_dim", "out_shape")  # decoder arguments GFE fills in itself
 
@@ -89,6 +93,11 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     random_state : int, RandomState or None, default=0
         Seeds the decoder's initial weights and the data order. Encodings use
         no randomness.
+    device : str, default="cpu"
+        Where to train and encode: "cpu", "cuda", "cuda:N" or "mps"
+        (`gfe.devices.resolve_device`). The decoder is built on the CPU, so its
+        initial weights do not depend on the device; arrays in and out stay
+        NumPy, and a saved model loads on any device.
     verbose : bool, default=False
         Show a progress bar per epoch. Off by default, as scikit-learn
         estimators are silent; `gfe train` reports unless --quiet.
@@ -103,6 +112,10 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         decoder evaluations than from 0 for the same loss; measured:
         docs/benchmarks.md). None (start at 0) for more than
         `gfe.start.MAX_FEATURES` features.
+    channels_ : gfe.channels.Channels
+        The input channels the model uses: all of them for models `fit` made;
+        for a model from `gfe train --range/--weights`, those it kept and weighs
+        (`channels_.model_axis`: their axis values, when the data gave an axis).
     n_features_in_ : int
     feature_names_in_ : ndarray of str (only when X had string column names)
     n_iter_ : int
@@ -169,6 +182,7 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         latent_penalty=TrainConfig.latent_penalty,
         latent_noise=TrainConfig.latent_noise,
         random_state=TrainConfig.seed,
+        device="cpu",
         verbose=False,
     ):
         self.latent_dim = latent_dim
@@ -187,6 +201,7 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.latent_penalty = latent_penalty
         self.latent_noise = latent_noise
         self.random_state = random_state
+        self.device = device
         self.verbose = verbose
 
     # ------------------------------------------------------------------ fitting
@@ -201,12 +216,13 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     def _fit(self, X) -> Encoding:
         config = self._train_config()
+        device = resolve_device(self.device)
         X = validate_data(self, X, dtype=np.float32)
         shape = self._feature_shape(X.shape[1])
         # Seed the initial weights without disturbing the caller's torch RNG.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            decoder = self._build_decoder(config.latent_dim, shape)
+            decoder = self._build_decoder(config.latent_dim, shape).to(device)
             trainer = Trainer(config, shape, decoder=decoder, progress=bool(self.verbose))
             trainer.fit(X)
             if self.refine_start:
@@ -214,6 +230,7 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.decoder_ = trainer.decoder.eval()
         self.start_ = trainer.start_map()
         self._settings = trainer.settings()
+        self._inputs, self.channels_ = None, Channels()
         self.n_iter_ = len(trainer.history)
         # fit has no validation data, so each record's val_loss is NaN and best_epoch 0: leave them out.
         self.history_ = [{k: v for k, v in asdict(r).items() if k not in ("val_loss", "best_epoch")}
@@ -281,16 +298,49 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         return self._encode(validate_data(self, X, dtype=np.float32, reset=False))
 
     def _encode(self, X: np.ndarray) -> Encoding:
-        settings = EncodeSettings.resolve(self._settings["encode"], has_start=self.start_ is not None)
-        return settings.flow_encode(self.decoder_, self.start_, X)
+        x, weights = self._prepared(X)
+        return self._encode_settings().flow_encode(self.decoder_, self.start_, x, weights=weights)
 
-    def transform(self, X):
-        """Latents of X, shape (n_samples, latent_dim): each row's flow from its start."""
-        return _numpy(self.encode(X).z)
+    def _prepared(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """X as the decoder sees it, and the loss's feature weights: a command-line
+        model's channels kept, weighed, normalised and standardised as `gfe encode` does."""
+        if self._inputs is None:
+            return X, None
+        channels, kind, standardised = self._inputs
+        x = channels.select(X.reshape(len(X), *channels.input_shape))
+        x, _ = normalise(x, kind, channels.loss_weights(None))
+        return (x if standardised is None else standardised.apply(x)), channels.loss_weights(None)
+
+    def _encode_settings(self) -> EncodeSettings:
+        return EncodeSettings.resolve(self._settings["encode"], has_start=self.start_ is not None)
+
+    def encode_uncertainty(self, X, *, noise_std=None) -> tuple[Encoding, LatentUncertainty]:
+        """`encode(X)` and each latent's Laplace covariance, given the decoder
+        (`gfe.uncertainty.laplace`; docs/uncertainty.md): `noise_std` is the Gaussian
+        noise level of the mse loss (None: estimated per sample from its residual)."""
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float32, reset=False)
+        encoding = self._encode(X)
+        x, weights = self._prepared(X)
+        x = torch.from_numpy(np.ascontiguousarray(x)).reshape(len(x), *self.decoder_.out_shape)
+        return encoding, laplace(self.decoder_, self._encode_settings().loss_function, x, encoding.z, weights,
+                                 noise_std=noise_std)
+
+    def transform(self, X, return_std=False):
+        """Latents of X, shape (n_samples, latent_dim): each row's flow from its start.
+        With `return_std`, also their standard deviations, same shape, as
+        `encode_uncertainty` gives them (NaN or inf where they are not valid)."""
+        if not return_std:
+            return _numpy(self.encode(X).z)
+        encoding, latent = self.encode_uncertainty(X)
+        return _numpy(encoding.z), latent.std.float().numpy()
 
     def inverse_transform(self, Z):
         """Reconstructions in data space, shape (n_samples, n_features): the decoder's
-        output through the loss's link (sigmoid for bce, exp for poisson)."""
+        output through the loss's link (sigmoid for bce, exp for poisson). For a
+        model from `gfe train`, its features are the channels it kept (`--range`;
+        their axis is `channels_.model_axis`), with its standardisation undone;
+        per-sample normalisation is not (each sample's scale is not known here)."""
         check_is_fitted(self)
         Z = check_array(Z, dtype=np.float32, input_name="Z")
         if Z.shape[1] != self.decoder_.latent_dim:
@@ -298,8 +348,12 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 f"Z has {Z.shape[1]} columns, but this GFE has latent_dim={self.decoder_.latent_dim}; "
                 "pass latents shaped like transform's output")
         with torch.no_grad():
-            out = self.decoder_(torch.from_numpy(np.array(Z)))  # a copy: Z may be read-only
-        return _numpy(link(self._settings["encode"]["loss"], out).reshape(len(Z), -1))
+            z = torch.from_numpy(np.array(Z))  # a copy: Z may be read-only
+            out = self.decoder_(z.to(module_device(self.decoder_)))
+        out = _numpy(link(self._settings["encode"]["loss"], out))
+        if self._inputs is not None and self._inputs[2] is not None:
+            out = self._inputs[2].undo(out)
+        return out.reshape(len(Z), -1)
 
     def score(self, X, y=None) -> float:
         """Negative mean loss of X at its latents: higher is better, as model selection expects."""
@@ -323,7 +377,8 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         # Every constructor parameter, so that `load` restores them all; random_state as the seed fit
         # used, which is what it meant for this model (a RandomState cannot be written as JSON).
         params = {name: _plain(value) for name, value in self.get_params().items()}
-        fitted = {"params": {**params, "random_state": self._settings["train_config"]["seed"]},
+        fitted = {"params": {**params, "random_state": self._settings["train_config"]["seed"],
+                             "device": str(self.device)},
                   "n_features_in": self.n_features_in_, "n_iter": self.n_iter_, "history": self.history_,
                   "reconstruction_err": self.reconstruction_err_, "encode_stats": self.encode_stats_}
         if hasattr(self, "feature_names_in_"):
@@ -332,15 +387,20 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                           start=self.start_)
 
     @classmethod
-    def load(cls, directory) -> "GFE":
+    def load(cls, directory, device="cpu") -> "GFE":
         """A fitted GFE from a model directory written by `save`, with the
         parameters it was saved with (an int `random_state` in place of a
         RandomState or None: the seed `fit` drew), so `clone` retrains the same
         model; or by `Trainer` or the command line for a gradient-flow method
         (then the parameters are those its training config records,
         `reconstruction_err_` and `encode_stats_`, which only `fit` records, are
-        None, `history_` is empty and `n_iter_` is the configured number of epochs)."""
-        loaded = load_model(directory)
+        None, `history_` is empty and `n_iter_` is the configured number of epochs).
+        A command-line model's data preparation comes along: `transform` takes
+        samples as `gfe train` read them (every channel), keeps and weighs its
+        channels (`--range`, `--weights`; `channels_`), normalises and standardises
+        them as it did; `n_features_in_` counts every channel.
+        The model is loaded onto `device`, which becomes its `device` parameter."""
+        loaded = load_model(directory, device)
         settings = dict(loaded.settings)
         if loaded.encoder is not None or "train_config" not in settings or "encode" not in settings:
             raise ModelFileError(f"{directory} does not hold a gradient-flow model that GFE can load")
@@ -355,11 +415,13 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                           random_state=train["seed"])
         elif isinstance(params.get("feature_shape"), list):  # JSON has no tuples
             params = {**params, "feature_shape": tuple(params["feature_shape"])}
-        model = cls(**params)
+        model = cls(**{**params, "device": str(resolve_device(device))})
         model.decoder_ = loaded.decoder
         model.start_ = loaded.start
         model._settings = settings
-        model.n_features_in_ = math.prod(out_shape)
+        model._inputs = _inputs(loaded)
+        model.channels_ = Channels() if model._inputs is None else model._inputs[0]
+        model.n_features_in_ = math.prod(model.channels_.input_shape or out_shape)
         model.n_iter_ = fitted.get("n_iter", train["epochs"])
         model.history_ = fitted.get("history", [])
         model.reconstruction_err_ = fitted.get("reconstruction_err")
@@ -367,6 +429,17 @@ class GFE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         if "feature_names_in" in fitted:
             model.feature_names_in_ = np.asarray(fitted["feature_names_in"], dtype=object)
         return model
+
+
+def _inputs(loaded) -> tuple | None:
+    """(channels, normalisation, standardisation or None) a command-line model
+    prepares its samples with, or None for models `fit` or `Trainer` wrote."""
+    settings = loaded.settings
+    if "channels" not in settings:
+        return None
+    standardised = (Standardisation.from_arrays(loaded.arrays, loaded.decoder.out_shape)
+                    if settings.get("standardise") else None)
+    return Channels.from_record(settings["channels"]), settings.get("normalise", "none"), standardised
 
 
 def _plain(value):

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .devices import module_device
 from .encode import FlowEncoder
 from .errors import ConfigError
 from .models import build_encoder
@@ -32,7 +33,7 @@ class EncoderLatents:
     exact_gradients = False
 
     def __init__(self, decoder: nn.Module, config: TrainConfig):
-        self.encoder = build_encoder(decoder)
+        self.encoder = build_encoder(decoder).to(module_device(decoder))  # built on the CPU, as the decoder
         self.update_penalty = ("l2", config.latent_penalty) if config.latent_penalty else (None, 0.0)
         self.state: dict = {}  # nothing to checkpoint besides the model
 
@@ -84,7 +85,8 @@ class FlowLatents:
         self.eval_flow = FlowEncoder(decoder, **config.flow_options(training=False))
         shape = tuple(decoder.out_shape)
         learn = config.start == "learned" and can_learn_start(shape)
-        self.start_fit = RidgeFit(shape, config.latent_dim) if learn else None
+        self.device = module_device(decoder)
+        self.start_fit = RidgeFit(shape, config.latent_dim, device=self.device) if learn else None
         self.final_start: RidgeStart | None = None  # set by `refine` or `load_saved`
         self.update_penalty = (None, 0.0)
         self.exact_gradients = config.gradient != "approx"
@@ -140,7 +142,7 @@ class FlowLatents:
     def load_saved(self, states: dict) -> None:
         """Carry the start map in states of `saved_modules()` (a kept best epoch) instead of the training fit's."""
         if "start" in states:
-            self.final_start = RidgeStart(tuple(self.decoder.out_shape), self.decoder.latent_dim)
+            self.final_start = RidgeStart(tuple(self.decoder.out_shape), self.decoder.latent_dim).to(self.device)
             self.final_start.load_state_dict(states["start"])
 
     def start_map(self) -> RidgeStart | None:
@@ -167,7 +169,8 @@ class FlowLatents:
         (measured: docs/benchmarks.md)."""
         self.check_refine()
         shape, d = tuple(self.decoder.out_shape), self.decoder.latent_dim
-        fit = RidgeFit(shape, d, memory=math.inf, penalty=self.start_fit.penalty, refit_every=total + 1)
+        fit = RidgeFit(shape, d, memory=math.inf, penalty=self.start_fit.penalty, refit_every=total + 1,
+                       device=self.device)
         first = self.start_map()
         hessian, counted = 0.0, 0
         with tqdm(total=total, desc="refining the start map", unit="sample", disable=not progress,
@@ -180,7 +183,7 @@ class FlowLatents:
                 hessian = hessian + self.eval_flow.objective.mean_hessian(z[finite], xb[finite], self.weights) * n
                 counted += n
                 bar.update(len(xb))
-        refined = RidgeStart(shape, d, curvature=True)
+        refined = RidgeStart(shape, d, curvature=True).to(self.device)
         refined.weight.copy_(fit.solution())
         refined.metric.copy_(metric_from_hessian(hessian / max(counted, 1)))
         self.final_start = refined

@@ -1,7 +1,8 @@
 """Latents on disk: the encodings plus per-sample statistics and provenance.
 
 `.h5` holds everything (datasets `z`, `loss`, `steps`, `nfe`, `status`, `t`; the
-provenance as JSON in the `provenance` attribute), `.npz` holds the same arrays
+provenance as JSON in the `provenance` attribute; with `gfe encode --uncertainty`
+also `z_cov`, `z_std`, `z_std_status` and `noise_std`, `gfe.uncertainty`), `.npz` holds the same arrays
 plus the provenance JSON as a 0-d string array `provenance`, and `.npy` holds
 the latents alone, with the provenance in a JSON sidecar `NAME.npy.json` written
 after it (with the .npy's digest, so a sidecar left beside other latents is
@@ -229,9 +230,9 @@ def read_latents(path) -> tuple[np.ndarray, dict]:
     return z, meta
 
 
-def read_scale(path, n: int) -> np.ndarray | None:
-    """The per-sample normalisation `scale` stored with latents (.h5 or .npz),
-    or None when the latents were encoded without one."""
+def read_per_sample(path, name: str, n: int) -> np.ndarray | None:
+    """The per-sample array `name` stored with `n` latents (.h5 or .npz), or None
+    when the file has none (or cannot hold one: .npy)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".h5", ".hdf5", ".npz") or not path.is_file():
@@ -239,12 +240,32 @@ def read_scale(path, n: int) -> np.ndarray | None:
     try:
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:
-                scale = archive["scale"] if "scale" in archive.files else None
+                array = archive[name] if name in archive.files else None
         else:
             with h5py.File(path, "r") as f:
-                scale = f["scale"][()] if "scale" in f else None
+                array = f[name][()] if name in f else None
     except (OSError, ValueError) as err:
         raise DataError(f"cannot read {path}: {err}") from err
-    if scale is not None and scale.shape != (n,):
+    if array is not None and array.shape[:1] != (n,):
+        raise DataError(f"{path}: {name} has shape {array.shape}; expected one entry per latent ({n}, ...)")
+    return array
+
+
+def read_scale(path, n: int) -> np.ndarray | None:
+    """The per-sample normalisation `scale` stored with latents (.h5 or .npz),
+    or None when the latents were encoded without one."""
+    scale = read_per_sample(path, "scale", n)
+    if scale is not None and scale.ndim != 1:
         raise DataError(f"{path}: scale has shape {scale.shape}; expected one value per latent ({n},)")
     return scale
+
+
+def read_covariance(path, n: int, d: int) -> np.ndarray:
+    """The latents' covariances `z_cov` (n, d, d) written by `gfe encode --uncertainty`."""
+    cov = read_per_sample(path, "z_cov", n)
+    if cov is None:
+        raise DataError(f"{path} holds no latent covariances (z_cov); encode with 'gfe encode --uncertainty' "
+                        "to an .h5 or .npz file")
+    if cov.shape != (n, d, d):
+        raise DataError(f"{path}: z_cov has shape {cov.shape}; expected ({n}, {d}, {d})")
+    return cov

@@ -27,7 +27,13 @@ class LossSpec:
     do not suit the loss (None when they do); `scalable` is False for losses of raw
     counts, which per-sample normalisation would turn into non-counts;
     `inverse_link(x)` maps data to raw output, finite at the data's bounds: what a
-    decoder initialised from data (`PCAMLPDecoder.init_from_data`) fits."""
+    decoder initialised from data (`PCAMLPDecoder.init_from_data`) fits.
+    `fisher(output)` is the Fisher information per feature of the likelihood the
+    loss stands for, in its raw output (the link's natural parameter), per unit
+    noise variance; `noisy` says the likelihood has a noise level σ (Gaussian, for
+    which `elementwise` is 2σ² times the negative log-likelihood; for the others it
+    is the negative log-likelihood itself). Both serve `gfe.uncertainty`; a loss
+    without `fisher` has no latent uncertainty."""
 
     name: str
     elementwise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -36,6 +42,8 @@ class LossSpec:
     scalable: bool = True
     summary: str = ""
     inverse_link: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
+    fisher: Callable[[torch.Tensor], torch.Tensor] | None = None
+    noisy: bool = False
 
 
 LOSSES: Registry[LossSpec] = Registry("loss")
@@ -57,12 +65,14 @@ def _poisson_data_error(low: float, high: float) -> str | None:
 register_loss(LossSpec(  # logits of data clipped to [0.01, 0.99]: 0 and 1 map to -4.6 and 4.6
     "bce", lambda output, x: F.binary_cross_entropy_with_logits(output, x, reduction="none"), torch.sigmoid,
     _bce_data_error, summary="binary cross-entropy for data in [0, 1]; the decoder gives logits",
-    inverse_link=lambda x: torch.logit(x.clamp(0.01, 0.99))))
-register_loss(LossSpec("mse", lambda output, x: (output - x).square(), summary="mean squared error for real values"))
+    inverse_link=lambda x: torch.logit(x.clamp(0.01, 0.99)),
+    fisher=lambda output: torch.sigmoid(output) * torch.sigmoid(-output)))
+register_loss(LossSpec("mse", lambda output, x: (output - x).square(), summary="mean squared error for real values",
+                       fisher=torch.ones_like, noisy=True))
 register_loss(LossSpec(  # the x-only term log(x!) is dropped; log(x + 0.5) keeps zero counts finite
     "poisson", lambda output, x: output.exp() - x * output, torch.exp, _poisson_data_error, scalable=False,
     summary="Poisson negative log-likelihood for counts; the decoder gives log-rates",
-    inverse_link=lambda x: torch.log(x + 0.5)))
+    inverse_link=lambda x: torch.log(x + 0.5), fisher=torch.exp))
 
 
 def link(name: str, output: torch.Tensor) -> torch.Tensor:

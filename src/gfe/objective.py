@@ -39,7 +39,7 @@ class Objective:
         for any decoder and loss."""
         z = z.detach()
         spread = z.std(0) if len(z) > 1 else z.new_zeros(z.shape[1])
-        hessian = torch.zeros(z.shape[1], z.shape[1], dtype=torch.float64)
+        hessian = torch.zeros(z.shape[1], z.shape[1], dtype=torch.float64, device=z.device)
         for i in range(z.shape[1]):
             step = torch.zeros_like(z[0])
             step[i] = rel_step * max(float(spread[i]), 1e-3)

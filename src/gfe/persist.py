@@ -18,7 +18,6 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -27,16 +26,14 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from .devices import resolve_device
 from .errors import ConfigError, ModelFileError
+from .model_files import CONFIG_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE, verified_model_files
 from .models import build_decoder, build_encoder_from_config, decoder_classes, encoder_classes
 from .start import STARTS, build_start
+from .version import gfe_version
 
-FORMAT = "gfe-model"
-FORMAT_VERSION = 1
-WEIGHTS_FILE = "weights.safetensors"
-CONFIG_FILE = "config.json"
 ARRAYS = "arrays"  # the weights file's prefix for arrays that are no module's
-_REQUIRED_KEYS = ("format", "format_version", "decoder", "encoder", "settings", "weights_sha256")
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -104,13 +101,6 @@ def file_sha256(path) -> str:
     return digest.hexdigest()
 
 
-def gfe_version() -> str:
-    try:
-        return metadata.version("gfe")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def _registered_config(module: nn.Module, registry: dict, what: str) -> dict:
     """The module's config, refusing modules the registry could not rebuild."""
     config = module.config() if hasattr(module, "config") else None
@@ -175,26 +165,6 @@ class LoadedModel:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # `save_model`'s arrays
 
 
-def _read_config(path: Path) -> dict:
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelFileError(f"{path} is not valid JSON: {err}") from err
-    if not isinstance(config, dict):
-        raise ModelFileError(f"{path} must hold a JSON object; got {type(config).__name__}")
-    missing = [key for key in _REQUIRED_KEYS if key not in config]
-    if missing:
-        raise ModelFileError(f"{path} lacks the keys {missing}")
-    if config["format"] != FORMAT:
-        raise ModelFileError(f"{path} is not a gfe model: format is {config['format']!r}, not {FORMAT!r}")
-    if config["format_version"] != FORMAT_VERSION:
-        raise ModelFileError(
-            f"{path} has format_version {config['format_version']!r}; this gfe reads {FORMAT_VERSION}")
-    if not isinstance(config["settings"], dict):
-        raise ModelFileError(f"{path}: settings must be a JSON object")
-    return config
-
-
 def _build(builder, config, what: str, path: Path) -> nn.Module:
     """The module the config describes, on the meta device: shapes without
     storage, so a config naming huge layers allocates nothing before its
@@ -221,23 +191,13 @@ def _load_weights(module: nn.Module, tensors: dict, what: str, path: Path) -> No
     module.load_state_dict({name: tensor.float() for name, tensor in tensors.items()}, assign=True)
 
 
-def load_model(directory) -> LoadedModel:
-    """Read a model directory written by `save_model`, verifying it first."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise ModelFileError(f"no model directory at {directory}")
-    config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise ModelFileError(f"{directory} has no {path.name}; is it a gfe model directory?")
-    config = _read_config(config_path)
-
-    weights = weights_path.read_bytes()  # read once: hash and parse the same bytes
-    digest = hashlib.sha256(weights).hexdigest()
-    if digest != config["weights_sha256"]:
-        raise ModelFileError(
-            f"{weights_path} does not match the sha256 digest recorded in {CONFIG_FILE} "
-            f"(expected {config['weights_sha256']}, got {digest}): the file was modified or corrupted")
+def load_model(directory, device="cpu") -> LoadedModel:
+    """Read a model directory written by `save_model`, verifying it first, with
+    its modules on `device` (`gfe.devices.resolve_device`): weights are saved
+    from the CPU, so a model trained on any device loads on any other."""
+    device = resolve_device(device)
+    config, weights = verified_model_files(directory)
+    config_path, weights_path = Path(directory) / CONFIG_FILE, Path(directory) / WEIGHTS_FILE
     try:
         tensors = safetensors.torch.load(weights)
     except safetensors.SafetensorError as err:
@@ -258,7 +218,7 @@ def load_model(directory) -> LoadedModel:
         prefix = f"{what}."
         own = {name[len(prefix):]: t for name, t in tensors.items() if name.startswith(prefix)}
         _load_weights(module, own, what, weights_path)
-        module.float().eval()
+        module.float().eval().to(device)
     arrays = {name[len(ARRAYS) + 1:]: t.numpy() for name, t in tensors.items() if name.startswith(f"{ARRAYS}.")}
     return LoadedModel(decoder=decoder, encoder=encoder, settings=config["settings"], config=config, start=start,
                        arrays=arrays)

@@ -40,15 +40,19 @@ def is_spectrum(feature_shape: tuple) -> bool:
 
 
 def spectra_figure(originals: np.ndarray, reconstructions: dict[str, np.ndarray], *, n: int = 8,
-                   x: np.ndarray | None = None, xlabel: str | None = None, title: str | None = None) -> Figure:
+                   x: np.ndarray | None = None, xlabel: str | None = None, title: str | None = None,
+                   stds: dict[str, np.ndarray] | None = None) -> Figure:
     """The first `n` spectra, each in its own panel with every method's
     reconstruction drawn over it, and below it the residuals (reconstruction
     minus original), on `x` (the features' coordinates, e.g. wavenumbers,
     labelled `xlabel`; by default the feature index). Each panel has its own
-    scale, as spectra differ in intensity; up to four panels a row."""
+    scale, as spectra differ in intensity; up to four panels a row. `stds`
+    (by method) draw a band of ±2 standard deviations about a reconstruction
+    (`gfe decode --std`'s: from the latent's uncertainty)."""
     n = min(n, len(originals))
     originals = np.asarray(originals[:n]).reshape(n, -1)
     reconstructions = {name: np.asarray(r[:n]).reshape(n, -1) for name, r in reconstructions.items()}
+    stds = {name: np.asarray(s[:n]).reshape(n, -1) for name, s in (stds or {}).items()}
     if x is None:
         x, xlabel = np.arange(originals.shape[1]), xlabel or "feature index"
     elif len(x) != originals.shape[1]:
@@ -57,7 +61,8 @@ def spectra_figure(originals: np.ndarray, reconstructions: dict[str, np.ndarray]
     fig, cells = _panel_grid(math.ceil(n / columns), columns, title)
     for i, original in enumerate(originals):
         shown = {name: recon[i] for name, recon in reconstructions.items()}
-        top, bottom = _spectrum_panel(fig, cells[divmod(i, columns)], x, original, shown)
+        top, bottom = _spectrum_panel(fig, cells[divmod(i, columns)], x, original, shown,
+                                      {name: std[i] for name, std in stds.items()})
         rms = [np.sqrt(np.mean(np.square(recon - original))) for recon in shown.values()]
         top.set_title(f"sample {i}" + (f" (RMS residual {rms[0]:.3g})" if len(rms) == 1 else ""), fontsize=9)
         if i % columns == 0:
@@ -65,7 +70,8 @@ def spectra_figure(originals: np.ndarray, reconstructions: dict[str, np.ndarray]
             bottom.set_ylabel("residual")
         if i + columns >= n:
             bottom.set_xlabel(xlabel)
-    fig.legend(*top.get_legend_handles_labels(), loc="lower center", ncols=1 + len(reconstructions), frameon=False)
+    handles, labels = top.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncols=len(handles), frameon=False)
     if title:
         fig.suptitle(title, fontsize=11, y=1 - 0.15 / fig.get_figheight(), va="top")
     return fig
@@ -84,15 +90,19 @@ def _panel_grid(rows: int, columns: int, title: str | None):
                                  wspace=m["between_x"] / PANEL[0], hspace=m["between_y"] / PANEL[1])
 
 
-def _spectrum_panel(fig: Figure, cell, x: np.ndarray, original: np.ndarray, reconstructions: dict):
-    """One spectrum with its reconstructions over it and their residuals below;
-    with few ticks, as tick labels are most of the drawing time. Returns both axes."""
+def _spectrum_panel(fig: Figure, cell, x: np.ndarray, original: np.ndarray, reconstructions: dict, stds: dict):
+    """One spectrum with its reconstructions (and their ±2σ bands) over it and
+    their residuals below; with few ticks, as tick labels are most of the
+    drawing time. Returns both axes."""
     grid = cell.subgridspec(2, 1, height_ratios=(3, 1), hspace=0.08)
     top = fig.add_subplot(grid[0])
     bottom = fig.add_subplot(grid[1], sharex=top)
     top.plot(x, original, color="black", lw=1, label="original")
     for k, (name, recon) in enumerate(reconstructions.items()):
         top.plot(x, recon, color=f"C{k}", lw=1, label=name)
+        if name in stds:
+            top.fill_between(x, recon - 2 * stds[name], recon + 2 * stds[name], color=f"C{k}", alpha=0.3, lw=0,
+                             label=f"{name} ± 2σ (latent uncertainty)")
         bottom.plot(x, recon - original, color=f"C{k}", lw=0.8)
     bottom.axhline(0, color="0.5", lw=0.6)
     top.tick_params(labelbottom=False)
@@ -117,12 +127,12 @@ def _show(ax, image: np.ndarray, *, vmin, vmax) -> None:
 
 def reconstructions_figure(originals: np.ndarray, reconstructions: dict[str, np.ndarray], *, n: int = 8,
                            title: str | None = None, x: np.ndarray | None = None,
-                           xlabel: str | None = None) -> Figure:
-    """Spectra overlaid with their reconstructions (`spectra_figure`, on `x`);
-    images and maps in rows: the first `n` originals, then each method's
-    reconstructions, on one colour scale."""
+                           xlabel: str | None = None, stds: dict[str, np.ndarray] | None = None) -> Figure:
+    """Spectra overlaid with their reconstructions (`spectra_figure`, on `x`, with
+    `stds`' bands); images and maps in rows: the first `n` originals, then each
+    method's reconstructions, on one colour scale (no bands)."""
     if is_spectrum(np.shape(originals)[1:]):
-        return spectra_figure(originals, reconstructions, n=n, x=x, xlabel=xlabel, title=title)
+        return spectra_figure(originals, reconstructions, n=n, x=x, xlabel=xlabel, title=title, stds=stds)
     n = min(n, len(originals))
     rows = {"original": originals[:n], **{name: r[:n] for name, r in reconstructions.items()}}
     vmin = min(float(r.min()) for r in rows.values())
@@ -140,9 +150,10 @@ def reconstructions_figure(originals: np.ndarray, reconstructions: dict[str, np.
 
 def plot_reconstructions(originals: np.ndarray, reconstructions: dict[str, np.ndarray], path, *,
                          n: int = 8, title: str | None = None, x: np.ndarray | None = None,
-                         xlabel: str | None = None) -> Path:
+                         xlabel: str | None = None, stds: dict[str, np.ndarray] | None = None) -> Path:
     """Write `reconstructions_figure` to `path`."""
-    return _save(reconstructions_figure(originals, reconstructions, n=n, title=title, x=x, xlabel=xlabel), path)
+    return _save(reconstructions_figure(originals, reconstructions, n=n, title=title, x=x, xlabel=xlabel,
+                                        stds=stds), path)
 
 
 def plot_curves(curves: dict[str, tuple], path, *, xlabel: str, ylabel: str, title: str | None = None,

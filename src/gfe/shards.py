@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import open_samples
-from .distributed import launch_rank, split_bounds
+from .distributed import launch_rank, process_device, split_bounds
 from .errors import ConfigError, DataError
 from .latents import latents_writer, read_encoding, read_scale
 from .persist import atomic_write_text, load_model
@@ -158,16 +158,17 @@ def _check_shard(path: Path, meta: dict, manifest: dict, index: int, rows: int) 
 
 
 def encode_shards(model, data, outdir, *, shard: str | None = None, count: int | None = None, key=None,
-                  options=None, quiet: bool = False) -> list[dict]:
+                  options=None, quiet: bool = False, device="cpu") -> list[dict]:
     """Encode this process's shards of `data` into `outdir`, skipping finished ones.
 
     Returns one record per assigned shard: index, sample range, whether it was
     encoded or skipped, and the seconds spent encoding. The samples are read a
     chunk at a time (`write_encoded`), once for their digest and once to encode
-    each shard, so memory does not grow with the data.
+    each shard, so memory does not grow with the data. The model encodes on
+    `device`; under torchrun, "cuda" is each process's own GPU (`process_device`).
     """
     indices, count = assigned_shards(shard, count)
-    loaded = load_model(model)
+    loaded = load_model(model, process_device(device))
     settings = EncodeSettings.of_model(loaded, options)
     with open_samples(data, key) as samples:
         inputs = model_input(loaded, samples, settings)

@@ -106,18 +106,18 @@ class RidgeFit:
     """
 
     def __init__(self, feature_shape, latent_dim: int, *, memory: float = 2000.0, penalty: float = 0.01,
-                 refit_every: int | None = None):
+                 refit_every: int | None = None, device=None):
         if not can_learn_start(feature_shape):
             raise ConfigError(f"a learned start needs at most {MAX_FEATURES} features; got {math.prod(feature_shape)}")
         if not (memory >= 1 and penalty > 0 and (refit_every is None or refit_every >= 1)):
             raise ConfigError(f"RidgeFit needs memory >= 1, penalty > 0 and refit_every >= 1; got "
                               f"memory={memory}, penalty={penalty}, refit_every={refit_every}")
-        self._start = RidgeStart(feature_shape, latent_dim)
+        self._start = RidgeStart(feature_shape, latent_dim).to(device)  # on the decoder's device
         size = math.prod(self._start.feature_shape) + 1
         if refit_every is None:  # a solve costs ~size³ (MNIST's: docs/benchmarks.md): refit often for few features
             refit_every = max(25, round(25 * (size / 1024) ** 2))
-        self.gram = torch.zeros(size, size, dtype=torch.float64)
-        self.cross = torch.zeros(size, latent_dim, dtype=torch.float64)
+        self.gram = torch.zeros(size, size, dtype=torch.float64, device=device)
+        self.cross = torch.zeros(size, latent_dim, dtype=torch.float64, device=device)
         self.since_refit = 0
         self.memory, self.penalty, self.refit_every = memory, penalty, refit_every
         self._pending: list[tuple[Tensor, int]] = []  # batches' rows and sample counts, not yet folded in
@@ -170,7 +170,7 @@ class RidgeFit:
         rows = torch.cat([r for r, _ in self._pending])
         decay = torch.repeat_interleave(keep ** later, torch.tensor([len(r) for r, _ in self._pending]))
         size = len(self.gram)
-        design, weighted = rows[:, :size], rows[:, :size] * decay[:, None]
+        design, weighted = rows[:, :size], rows[:, :size] * decay[:, None].to(rows.device)
         total = keep ** float(counts.sum())
         self.gram.addmm_(weighted.T, design, beta=total)
         self.cross.addmm_(weighted.T, rows[:, size:], beta=total)
@@ -191,7 +191,7 @@ class RidgeFit:
 
     def fitted(self) -> RidgeStart:
         """A start map solved from all statistics so far, e.g. for a saved model."""
-        start = RidgeStart(self._start.feature_shape, self._start.latent_dim)
+        start = RidgeStart(self._start.feature_shape, self._start.latent_dim).to(self.gram.device)
         start.weight.copy_(self.solution())
         return start
 
@@ -206,7 +206,7 @@ class RidgeFit:
                 raise ConfigError(f"learned-start statistics {name} have shape {tuple(state[name].shape)}, "
                                   f"expected {tuple(getattr(self, name).shape)}")
         self._pending = []
-        self.gram = state["gram"].to(torch.float64).clone()
-        self.cross = state["cross"].to(torch.float64).clone()
+        self.gram = state["gram"].to(self.gram.device, torch.float64).clone()
+        self.cross = state["cross"].to(self.cross.device, torch.float64).clone()
         self.start.weight.copy_(state["weight"])
         self.since_refit = int(state["since_refit"])

@@ -14,6 +14,7 @@ are deterministic.
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import time
@@ -27,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import read_checkpoint, write_checkpoint
+from .devices import module_device
 from .distributed import Replicas
 from .encode import as_weights, threads_for_rows
 from .errors import ConfigError, ModelFileError, TrainingError
@@ -57,7 +59,9 @@ class Trainer:
     `fit` and `evaluate` take arrays, or `gfe.samples.SampleRows` for samples read
     from disk a batch at a time. A decoder with an `init_from_data(targets, weights)`
     method (`gfe.models.PCAMLPDecoder`) is initialised from the training samples
-    when a run begins (not on resume: the checkpoint carries those weights).
+    when a run begins (not on resume: the checkpoint carries those weights); with
+    validation data and `keep_best`, that start is itself a candidate for the model
+    `fit` ends with (`fit`).
     """
 
     def __init__(
@@ -85,6 +89,7 @@ class Trainer:
                 param = next(self.decoder.parameters())
                 self.weights = as_weights(weights, param.new_empty((0, *self.decoder.out_shape)), param)
             self.source = latent_source(self.decoder, config, self.weights)
+        self.device = module_device(self.decoder)  # samples stay on the CPU; each batch goes here
         self.replicas = replicas
         self.update_decoder = replicas.wrap(self.decoder)  # the flow must use the plain decoder
         self.optimizer = OPTIMIZERS[config.optimizer](
@@ -97,6 +102,10 @@ class Trainer:
         self.progress = progress
         self.history: list[EpochRecord] = []
         self.best: dict | None = None  # the model state of epoch `history[-1].best_epoch` (keep_best)
+        self.start_val: torch.Tensor | None = None  # per-sample validation losses of a data-initialised start
+        # the decoder's initial weights, which `retrained` starts again from
+        self.initial = ({name: t.detach().clone() for name, t in self.decoder.state_dict().items()}
+                        if config.retrain_all else None)
         # (epoch, samples encoded, flow steps, decoder evaluations) of each batch
         # this process trained on since it started (not checkpointed): how encoding
         # cost evolves as the decoder learns
@@ -144,31 +153,44 @@ class Trainer:
     def evaluate(self, x, batch_size: int = 1000) -> float:
         """Mean per-sample loss of `x` reconstructed from its latents (encoder or
         flow from z0 = 0, with `eval_options`); each replica encodes its share."""
+        return float(self.sample_losses(x, batch_size).mean())
+
+    def sample_losses(self, x, batch_size: int = 1000) -> torch.Tensor:
+        """Each sample's loss, as `evaluate` averages them (float64, every replica's)."""
         x = self._tensor(x)
         mine = self.replicas.rows(len(x))
-        total = 0.0
+        losses = [torch.zeros(0, dtype=torch.float64)]
         for lo in range(mine.start, mine.stop, batch_size):
             xb = self._batch(x, slice(lo, min(lo + batch_size, mine.stop)))
             with self.source.grad_mode():
                 z, _, _ = self.latents(xb, training=False)
             with torch.no_grad():
-                total += float(self.reconstruction_loss(self.decoder(z), xb, z, self.weights).sum())
-        (total,) = self.replicas.sum(total)
-        return total / len(x)
+                losses.append(self.reconstruction_loss(self.decoder(z), xb, z, self.weights).double())
+        return self.replicas.gather_rows(torch.cat(losses), len(x))
 
     # ---------------------------------------------------------------- training
     def fit(self, x_train, x_val=None) -> list[EpochRecord]:
         """Train for the remaining epochs of `config.epochs` (fewer once `patience`
         stops the run) and return the history. With `keep_best` and validation
         data, the decoder and start map are then those of the best epoch; the
-        checkpoint holds the last epoch's, which `Trainer.resume` continues from."""
+        checkpoint holds the last epoch's, which `Trainer.resume` continues from.
+
+        A decoder initialised from data (`init_from_data`, e.g. PCA) starts at a
+        model worth keeping: with `keep_best` and validation data, a trained epoch
+        replaces that start (epoch 0) only if it beats it on the validation samples
+        by more than one standard error of their paired loss differences (the
+        one-standard-error rule: few validation samples are noisy judges).
+        `retrained` then trains the chosen number of epochs on every sample."""
         x_train = self._tensor(x_train)
         x_val = None if x_val is None else self._tensor(x_val)
-        if self.config.patience is not None and x_val is None:
-            raise ConfigError("patience stops on the validation loss: pass validation data "
-                              "(gfe train: --val-fraction > 0), or patience=None")
+        for name in ("patience", "retrain_all"):
+            if getattr(self.config, name) not in (None, False) and x_val is None:
+                raise ConfigError(f"{name} acts on the validation loss: pass validation data "
+                                  f"(gfe train: --val-fraction > 0), or leave {name} off")
         if not self.history:
             self.init_decoder(x_train)
+            if self._start_counts(x_val):
+                self.start_val, self.best = self.sample_losses(x_val), self._model_state()
         for epoch in range(len(self.history), self.config.epochs):
             if self._patience_spent():
                 break
@@ -182,26 +204,71 @@ class Trainer:
             self.replicas.barrier()  # no replica runs ahead of the last complete checkpoint
             for callback in self.callbacks:
                 callback(self, record)
-        if self.best is not None and 0 < self.history[-1].best_epoch < len(self.history):
+        best = self.history[-1].best_epoch if self.history else None
+        if self.best is not None and best is not None and best < len(self.history):
             self._load_model_state(self.best)
         return self.history
 
-    def init_decoder(self, x_train) -> None:
+    def retrained(self, x_train, x_val) -> Trainer:
+        """After `fit(x_train, x_val)`, a trainer that trains again from the same
+        initial weights on the training and validation samples together, for the
+        best epoch's number of epochs (`config.retrain_all`): validation chose how
+        long to train, and then no sample is left out of the model. A kept start
+        (best epoch 0) is initialised from all the samples, untrained. Its history
+        and config are this run's (the epochs were chosen here)."""
+        if self.initial is None:
+            raise ConfigError("retrained needs a trainer made with retrain_all=True (it keeps the initial weights)")
+        best = self.history[-1].best_epoch if self.history else 0
+        x_train, x_val = self._tensor(x_train), self._tensor(x_val)
+        if isinstance(x_train, SampleRows):
+            every = SampleRows(x_train.samples, x_train.prepare, np.concatenate([x_train.index, x_val.index]))
+        else:
+            every = torch.cat([x_train, x_val])
+        decoder = copy.deepcopy(self.decoder)
+        decoder.load_state_dict(self.initial)
+        config = replace(self.config, epochs=max(best, 1), patience=None, retrain_all=False)
+        trainer = Trainer(config, tuple(decoder.out_shape), decoder=decoder, progress=self.progress,
+                          weights=self.weights)
+        if best:
+            trainer.fit(every)
+        else:
+            trainer.init_decoder(every)
+        trainer.config, trainer.history = self.config, self.history
+        return trainer
+
+    def _start_counts(self, x_val) -> bool:
+        """Whether the decoder's start is a candidate for the best epoch (see `fit`)."""
+        return x_val is not None and self.config.keep_best and hasattr(self.decoder, "init_from_data")
+
+    def init_decoder(self, *parts) -> None:
         """Initialise a decoder that starts from data (`init_from_data`) from up to
-        `INIT_SAMPLES` training samples, evenly spaced, in its output space. `fit`
-        calls it when a run begins; call it to see the decoder training starts from."""
+        `INIT_SAMPLES` samples of `parts` (the training samples, and any others),
+        evenly spaced, in its output space. `fit` calls it when a run begins; call
+        it to see the decoder training starts from."""
         init = getattr(self.decoder, "init_from_data", None)
-        if init is not None:
-            x = self._tensor(x_train)
-            rows = torch.linspace(0, len(x) - 1, min(len(x), INIT_SAMPLES), dtype=torch.float64).round().long()
-            init(loss_spec(self.config.loss).inverse_link(self._batch(x, rows)), self.weights)
+        if init is None:
+            return
+        parts = [self._tensor(x) for x in parts]
+        total = sum(len(x) for x in parts)
+        batches = []
+        for x in parts:
+            n = min(len(x), max(1, round(INIT_SAMPLES * len(x) / total)))
+            batches.append(self._batch(x, torch.linspace(0, len(x) - 1, n, dtype=torch.float64).round().long()))
+        init(loss_spec(self.config.loss).inverse_link(torch.cat(batches)), self.weights)
 
     def _validated(self, record: EpochRecord, x_val) -> EpochRecord:
         """`record` with its validation loss and the best epoch so far; with
-        `keep_best`, a new best epoch's model state is kept (and checkpointed)."""
-        val_loss = self.evaluate(x_val)
+        `keep_best`, a new best epoch's model state is kept (and checkpointed).
+        A kept start (`start_val`) yields only to a clearly better epoch (`fit`)."""
+        losses = self.sample_losses(x_val)
+        val_loss = float(losses.mean())
         best = self.history[-1].best_epoch if self.history else 0
-        if math.isfinite(val_loss) and (best == 0 or val_loss < self.history[best - 1].val_loss):
+        if self.start_val is not None:
+            better = best > 0 and val_loss < self.history[best - 1].val_loss
+            better = better or (best == 0 and _clearly_lower(losses, self.start_val))
+        else:
+            better = best == 0 or val_loss < self.history[best - 1].val_loss
+        if math.isfinite(val_loss) and better:
             best = record.epoch
             if self.config.keep_best:
                 self.best = self._model_state()
@@ -307,7 +374,7 @@ class Trainer:
     def _batch(self, x: torch.Tensor | SampleRows, index) -> torch.Tensor:
         """Rows `index` of samples from `_tensor`."""
         rows = x[index]
-        return rows if isinstance(rows, torch.Tensor) else self._tensor(rows.read())
+        return (rows if isinstance(rows, torch.Tensor) else self._tensor(rows.read())).to(self.device)
 
     # ------------------------------------------------------------- persistence
     def settings(self) -> dict:
@@ -322,15 +389,20 @@ class Trainer:
     def save_checkpoint(self, directory) -> Path:
         """Write epoch `len(history)`'s checkpoint and point `latest.json` at it."""
         best = {} if self.best is None else {"best": self.best}
+        start = {} if self.start_val is None else {"start_val": {"losses": self.start_val}}
+        initial = {} if self.initial is None else {"initial": self.initial}
         return write_checkpoint(directory, len(self.history), self.save_model,
-                                {"optimizer": self.optimizer.state_dict(), **self.source.state, **best},
+                                {"optimizer": self.optimizer.state_dict(), **self.source.state, **best, **start,
+                                 **initial},
                                 {"history": [asdict(r) for r in self.history]})
 
     @classmethod
-    def resume(cls, directory, **kwargs) -> "Trainer":
-        """Rebuild a trainer from the last complete checkpoint in `directory`."""
-        target, states, records = read_checkpoint(directory, ("optimizer", "start", "best"))
-        loaded = load_model(target)
+    def resume(cls, directory, *, device="cpu", **kwargs) -> "Trainer":
+        """Rebuild a trainer from the last complete checkpoint in `directory`, on
+        `device` (checkpoints are saved from the CPU: any device resumes any run)."""
+        target, states, records = read_checkpoint(directory, ("optimizer", "start", "best", "start_val",
+                                                              "initial"))
+        loaded = load_model(target, device)
         try:
             config = TrainConfig(**loaded.settings["train_config"])
             history = [EpochRecord(**r) for r in records["history"]]
@@ -344,6 +416,8 @@ class Trainer:
         except (ConfigError, KeyError, TypeError) as err:  # consistent digests, inconsistent content
             raise ModelFileError(f"checkpoint {target} holds unusable learned-start statistics: {err}") from err
         trainer.history, trainer.best = history, states.get("best")
+        trainer.start_val = states["start_val"]["losses"] if "start_val" in states else None
+        trainer.initial = states.get("initial", trainer.initial)
         return trainer
 
     def write_history_csv(self, path) -> None:
@@ -351,6 +425,13 @@ class Trainer:
             writer = csv.writer(fh)
             writer.writerow([f.name for f in fields(EpochRecord)])
             writer.writerows([list(asdict(r).values()) for r in self.history])
+
+
+def _clearly_lower(losses: torch.Tensor, reference: torch.Tensor) -> bool:
+    """Whether per-sample `losses` are below the paired `reference` losses on average
+    by more than one standard error of the differences (never, for fewer than two)."""
+    diff = losses - reference
+    return len(diff) > 1 and bool(diff.mean() + diff.std() / math.sqrt(len(diff)) < 0)
 
 
 def _check_replicas(config: TrainConfig, replicas: Replicas) -> None:
@@ -366,3 +447,5 @@ def _check_replicas(config: TrainConfig, replicas: Replicas) -> None:
     if config.gradient != "approx":
         raise ConfigError(f"gradient={config.gradient!r} trains in one process; distributed training "
                           "uses the approximate gradient")
+    if config.retrain_all:
+        raise ConfigError("retrain_all trains in one process; retrain after torchrun without it")

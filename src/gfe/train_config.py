@@ -49,7 +49,10 @@ class TrainConfig:
     epochs (it needs validation data). `lr_schedule="cosine"` lowers the learning
     rate from `lr` to 0 along half a cosine over the run's `epochs` (batch by
     batch), so the last updates are small and the decoder settles instead of
-    jittering about its minimum."""
+    jittering about its minimum. `retrain_all` keeps the initial weights so that,
+    once validation has chosen the best epoch, `Trainer.retrained` trains that
+    many epochs again on the training and validation samples together (for small
+    data, where the validation share is a loss)."""
 
     method: str = "gfe-amd"
     latent_dim: int = 20
@@ -70,6 +73,7 @@ class TrainConfig:
     keep_best: bool = True
     patience: int | None = None
     lr_schedule: str = "constant"
+    retrain_all: bool = False
 
     def __post_init__(self):
         method_spec(self.method)
@@ -79,8 +83,9 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer; got {value!r}")
-        if not isinstance(self.keep_best, bool):
-            raise ConfigError(f"keep_best must be True or False; got {self.keep_best!r}")
+        for name in ("keep_best", "retrain_all"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False; got {getattr(self, name)!r}")
         if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(self.patience, int)
                                           or self.patience < 1):
             raise ConfigError(f"patience must be a positive integer (epochs) or None; got {self.patience!r}")

@@ -24,12 +24,13 @@ from tqdm.auto import tqdm
 from .channels import Channels
 from .checkpoint import LATEST
 from .data import open_samples
+from .devices import module_device, resolve_device
 from .distributed import Replicas
 from .encode import Encoding, as_weights
 from .encode_settings import EncodeSettings
 from .errors import ConfigError, DataError
 from .ins.io import Grid, SpectraDataset, check_same_grid, grid_of
-from .latents import latents_path, latents_writer, provenance, read_latents, read_scale
+from .latents import latents_path, latents_writer, provenance, read_covariance, read_latents, read_scale
 from .losses import Loss, link
 from .models import DECODERS
 from .normalise import Standardisation, check_normalisation, check_standardisation
@@ -40,6 +41,7 @@ from .solvers import Status
 from .tensorboard_log import TensorBoardLog
 from .train import REFINE_SAMPLES, Trainer
 from .train_config import TrainConfig
+from .uncertainty import UncertaintySettings, as_float64, laplace, propagate
 
 CHECKPOINTS = "checkpoints"
 
@@ -52,7 +54,7 @@ def _say(quiet: bool, text: str) -> None:
 def train_model(data, out, config: TrainConfig, *, key=None, decoder: str = "mlp", val_fraction: float = 0.1,
                 normalise: str = "none", standardise: bool = False, ranges=None, weights=None, resume: bool = False,
                 quiet: bool = False,
-                tensorboard=None, refine_start: bool = False, lazy: bool = False,
+                tensorboard=None, refine_start: bool = False, lazy: bool = False, device="cpu",
                 replicas: Replicas = Replicas()) -> Trainer:
     """Train on the samples in `data` as `config` says and write the model directory `out`.
 
@@ -77,8 +79,11 @@ def train_model(data, out, config: TrainConfig, *, key=None, decoder: str = "mlp
     needed (after one pass that checks them all), for data larger than memory; the
     run is the same, bit for bit. With `refine_start`, the saved start map is
     refitted on converged latents of the training samples (`Trainer.refine_start`;
-    one process only).
+    one process only). The decoder trains on `device` (`gfe.devices.resolve_device`;
+    under torchrun, each process's own, `gfe.distributed.process_device`), built
+    on the CPU first so its initial weights are the same on every device.
     """
+    device = resolve_device(device)
     if decoder not in DECODERS:
         raise ConfigError(f"unknown decoder {decoder!r}; expected one of {', '.join(DECODERS)}")
     if not 0 <= val_fraction < 1:
@@ -92,7 +97,7 @@ def train_model(data, out, config: TrainConfig, *, key=None, decoder: str = "mlp
         samples = stack.enter_context(open_samples(data, key))
         inputs = ModelInput(samples, normalise, config.loss, Channels.choose(samples.on_disk, ranges, weights))
         inputs, x_train, x_val = _training_rows(inputs, val_fraction, config.seed, lazy, standardise)
-        trainer = _trainer(out / CHECKPOINTS, config, decoder, inputs, resume, quiet, replicas)
+        trainer = _trainer(out / CHECKPOINTS, config, decoder, inputs, resume, quiet, replicas, device)
         if refine_start:  # refused before training, not after
             trainer.check_refine_start()
         trainer.callbacks = (*trainer.callbacks, _reporter(quiet))
@@ -102,6 +107,10 @@ def train_model(data, out, config: TrainConfig, *, key=None, decoder: str = "mlp
         _say(quiet, f"training on {len(x_train)} samples, validating on {len(x_val) or 'none'}"
                     + (f"; using {used}" if used else ""))
         trainer.fit(x_train, x_val if len(x_val) else None)
+        if config.retrain_all:
+            _say(quiet, f"retraining {trainer.history[-1].best_epoch} epochs (the best) on all "
+                        f"{len(x_train) + len(x_val)} samples")
+            trainer = trainer.retrained(x_train, x_val)
         if refine_start:
             _say(quiet, f"refitting the start map on converged latents of {min(len(x_train), REFINE_SAMPLES)} "
                         "training samples")
@@ -140,12 +149,13 @@ def _split_rows(inputs: ModelInput, val_fraction: float, seed: int, lazy: bool):
 
 
 def _trainer(checkpoints: Path, config: TrainConfig, decoder: str, inputs: ModelInput, resume: bool, quiet: bool,
-             replicas: Replicas) -> Trainer:
+             replicas: Replicas, device: torch.device) -> Trainer:
     """A trainer resumed from `checkpoints`, or a new one (refused over an existing run)."""
     progress = not quiet
     if resume:
         replicas.barrier()  # every replica resumes from the same checkpoint
-        trainer = Trainer.resume(checkpoints, progress=progress, replicas=replicas, weights=inputs.mask)
+        trainer = Trainer.resume(checkpoints, device=device, progress=progress, replicas=replicas,
+                                 weights=inputs.mask)
         trainer.config = dataclasses.replace(trainer.config, epochs=config.epochs)
         _say(quiet, f"resuming {checkpoints} after epoch {len(trainer.history)} of {config.epochs}")
         return trainer
@@ -156,7 +166,7 @@ def _trainer(checkpoints: Path, config: TrainConfig, decoder: str, inputs: Model
     with torch.random.fork_rng(devices=[]):  # seeded initial weights; the caller's RNG is left alone
         torch.manual_seed(config.seed)
         model = DECODERS[decoder].decoder(config.latent_dim, feature_shape)
-    return Trainer(config, feature_shape, decoder=model, checkpoint_dir=checkpoints, progress=progress,
+    return Trainer(config, feature_shape, decoder=model.to(device), checkpoint_dir=checkpoints, progress=progress,
                    replicas=replicas, weights=inputs.mask)
 
 
@@ -257,14 +267,17 @@ def encoding_provenance(loaded, settings: EncodeSettings, inputs: ModelInput, da
 
 
 def write_encoded(path, loaded, inputs: ModelInput, settings: EncodeSettings, meta: dict, *, start: int = 0,
-                  stop: int | None = None, progress: bool = False) -> dict:
+                  stop: int | None = None, progress: bool = False,
+                  uncertainty: UncertaintySettings | None = None) -> dict:
     """Encode samples `start:stop` of `inputs` into the latents file `path`.
 
     Samples are read, encoded and appended a chunk (the encoder's `chunk_size`)
     at a time, so memory does not grow with the data; those are the solver calls
     an encoding of all the samples in memory makes, so the latents are the same
-    bit for bit. The file appears only once complete (`latents_writer`). Returns
-    `Encoding.summary()`'s keys for all the samples, and the seconds spent.
+    bit for bit. The file appears only once complete (`latents_writer`). With
+    `uncertainty`, each latent's Laplace covariance joins it (`gfe.uncertainty`).
+    Returns `Encoding.summary()`'s keys for all the samples, and the seconds spent
+    (and the counts of the uncertainty's validity codes).
     """
     stop = len(inputs.samples) if stop is None else stop
     totals = _Totals()
@@ -274,7 +287,13 @@ def write_encoded(path, loaded, inputs: ModelInput, settings: EncodeSettings, me
         for lo, x, scale in inputs.chunks(settings.chunk_size, start, stop):
             with rows_named(inputs.samples.on_disk.name, lo, lo + len(x), len(inputs.samples)):
                 encoding = encode_samples(loaded, x, settings, weights=inputs.mask)
-            writer.append(encoding, None if scale is None else {"scale": scale})
+            extra = {} if scale is None else {"scale": scale}
+            if uncertainty is not None:
+                latent = laplace(loaded.decoder, settings.loss_function, torch.from_numpy(x), encoding.z, inputs.mask,
+                                 noise_std=uncertainty.noise_std)
+                extra.update(latent.arrays())
+                totals.validity.update(latent.status_counts())
+            writer.append(encoding, extra or None)
             totals.add(encoding)
             if bar is None:
                 bar = stack.enter_context(tqdm(total=stop - start, desc="encoding", unit="sample",
@@ -290,6 +309,7 @@ class _Totals:
     def __init__(self):
         self.samples, self.loss, self.steps, self.nfe = 0, 0.0, 0.0, 0.0
         self.status: Counter = Counter()
+        self.validity: Counter = Counter()  # of the latents' uncertainty, when asked for
 
     def add(self, encoding: Encoding) -> None:
         self.samples += len(encoding)
@@ -301,36 +321,62 @@ class _Totals:
     def summary(self) -> dict:
         n = max(self.samples, 1)
         return {"samples": self.samples, "mean_loss": self.loss / n, "mean_steps": self.steps / n,
-                "mean_nfe": self.nfe / n, "status": dict(self.status)}
+                "mean_nfe": self.nfe / n, "status": dict(self.status),
+                **({"uncertainty": dict(self.validity)} if self.validity else {})}
 
 
-def encode_file(model, data, output, *, key=None, options=None, quiet=False) -> dict:
-    """Encode the samples of `data` with the model in `model` and write `output`
-    a chunk at a time (`write_encoded`): .npy files and HDF5 datasets are read
-    as needed, so data larger than memory can be encoded. Returns the summary."""
+def encode_file(model, data, output, *, key=None, options=None, quiet=False, device="cpu",
+                uncertainty: UncertaintySettings | None = None) -> dict:
+    """Encode the samples of `data` with the model in `model` on `device` and write
+    `output` a chunk at a time (`write_encoded`): .npy files and HDF5 datasets are
+    read as needed, so data larger than memory can be encoded. With `uncertainty`
+    (.h5 or .npz output, flow models), each latent's covariance is written too.
+    Returns the summary."""
     output = latents_path(output)
-    loaded = load_model(model)
+    loaded = load_model(model, device)
     settings = EncodeSettings.of_model(loaded, options)
+    if uncertainty is not None:
+        _check_uncertainty(output, settings, uncertainty)
     with open_samples(data, key) as samples:
         inputs = model_input(loaded, samples, settings)
         meta = encoding_provenance(loaded, settings, inputs, data)
-        summary = write_encoded(output, loaded, inputs, settings, meta, progress=not quiet)
+        if uncertainty is not None:
+            meta["uncertainty"] = uncertainty.record()
+        summary = write_encoded(output, loaded, inputs, settings, meta, progress=not quiet, uncertainty=uncertainty)
     _say(quiet, f"encoded {summary['samples']} samples: mean loss {summary['mean_loss']:.5g}, "
                 f"{summary['mean_steps']:.1f} steps and {summary['mean_nfe']:.1f} decoder evaluations per "
-                f"sample, status {summary['status']}; written to {output}")
+                f"sample, status {summary['status']}"
+                + (f", uncertainty {summary['uncertainty']}" if "uncertainty" in summary else "")
+                + f"; written to {output}")
     return summary
+
+
+def _check_uncertainty(output: Path, settings: EncodeSettings, uncertainty: UncertaintySettings) -> None:
+    """Refuse, before any work, what latent uncertainty cannot be given for."""
+    if output.suffix.lower() == ".npy":
+        raise ConfigError(f"latent uncertainty is written to .h5 or .npz files (an .npy holds the latents alone); "
+                          f"got {output}")
+    if settings.with_encoder:
+        raise ConfigError("latent uncertainty is the curvature at the flow's optimum, which an autoencoder's "
+                          "encoder does not find; encode by the flow with --options (e.g. '{\"gtol\": 1e-5}')")
+    uncertainty.check(settings.loss)
 
 
 def _encode_with_encoder(loaded, x: np.ndarray, loss_name: str, weights=None) -> Encoding:
     """An autoencoder model's latents come from its encoder (one forward pass)."""
     with torch.no_grad():
-        xt = torch.from_numpy(x)
+        xt = torch.from_numpy(x).to(module_device(loaded.encoder))
         z = loaded.encoder(xt)
         w = None if weights is None else as_weights(weights, xt, xt)
         loss = Loss(loss_name)(loaded.decoder(z), xt, z, w)
     n = len(x)
-    zeros = torch.zeros(n, dtype=torch.long)
-    return Encoding(z, loss, zeros, zeros, torch.full((n,), int(Status.CONVERGED)), torch.zeros(n, dtype=torch.float64))
+    zeros = xt.new_zeros(n, dtype=torch.long)
+    return Encoding(z, loss, zeros, zeros, xt.new_full((n,), int(Status.CONVERGED), dtype=torch.long),
+                    xt.new_zeros(n, dtype=torch.float64))
+
+
+def _model_loss(loaded) -> str:
+    return loaded.settings.get("encode", {}).get("loss", "bce")
 
 
 def reconstruct(loaded, z, scale: np.ndarray | None = None) -> np.ndarray:
@@ -339,22 +385,44 @@ def reconstruct(loaded, z, scale: np.ndarray | None = None) -> np.ndarray:
     `ModelInput.prepare` did undone in reverse: the model's standardisation, then
     the per-sample normalisation `scale` the latents were encoded with (None: none)."""
     with torch.no_grad():
-        out = link(loaded.settings.get("encode", {}).get("loss", "bce"),
-                   loaded.decoder(torch.from_numpy(np.asarray(z, dtype=np.float32)))).numpy()
+        z = torch.from_numpy(np.asarray(z, dtype=np.float32)).to(module_device(loaded.decoder))
+        out = link(_model_loss(loaded), loaded.decoder(z)).cpu().numpy()
     standardised = standardisation(loaded)
     if standardised is not None:
         out = standardised.undo(out)
-    if scale is not None:
-        out = out * scale.reshape(-1, *([1] * (out.ndim - 1)))
-    return out
+    return _rescale(out, scale)
 
 
-def decode_file(model, latents, output, *, quiet=False) -> np.ndarray:
-    """Decode the latents in `latents` with `model` and write reconstructions (.npy)."""
+def _rescale(out: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
+    return out if scale is None else out * scale.reshape(-1, *([1] * (out.ndim - 1)))
+
+
+def reconstruct_std(loaded, z, cov, scale: np.ndarray | None = None) -> np.ndarray:
+    """The standard deviation of each feature of `reconstruct(loaded, z, scale)` for
+    latents of covariance `cov` (n, d, d), propagated through decoder and link to first
+    order (`gfe.uncertainty.propagate`) and into the data's units as `reconstruct`
+    does (times the standardisation's deviations and `scale`); NaN where `cov` is."""
+    decoder, loss = as_float64(loaded.decoder), _model_loss(loaded)
+    device = module_device(decoder)
+    std = propagate(lambda v: link(loss, decoder(v)).flatten(1),
+                    torch.from_numpy(np.asarray(z, dtype=np.float64)).to(device),
+                    torch.from_numpy(np.asarray(cov, dtype=np.float64)).to(device))
+    std = std.cpu().numpy().astype(np.float32).reshape(len(std), *loaded.decoder.out_shape)
+    standardised = standardisation(loaded)
+    if standardised is not None:
+        std = std * standardised.std
+    return _rescale(std, scale)
+
+
+def decode_file(model, latents, output, *, std=None, quiet=False, device="cpu") -> np.ndarray:
+    """Decode the latents in `latents` with `model` on `device` and write reconstructions (.npy);
+    with `std` (an .npy path), also their standard deviations from the latents'
+    covariances (`reconstruct_std`; the file must hold them: `gfe encode --uncertainty`)."""
     output = Path(output)
-    if output.suffix.lower() != ".npy":
-        raise DataError(f"reconstructions are written as .npy; got {output}")
-    loaded = load_model(model)
+    for path in (output, std):
+        if path is not None and Path(path).suffix.lower() != ".npy":
+            raise DataError(f"reconstructions and their deviations are written as .npy; got {path}")
+    loaded = load_model(model, device)
     z, meta = read_latents(latents)
     scale = read_scale(latents, len(z))
     made_by = meta.get("model_weights_sha256")
@@ -366,11 +434,15 @@ def decode_file(model, latents, output, *, quiet=False) -> np.ndarray:
         raise DataError(f"{latents} holds {z.shape[1]}-dimensional latents; {model} expects {latent_dim}")
     if not np.isfinite(z).all():
         raise DataError(f"{latents} holds non-finite latents")
+    cov = None if std is None else read_covariance(latents, len(z), latent_dim)
     recon = reconstruct(loaded, z, scale)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(output) as tmp:
-        np.save(tmp, recon)
-    _say(quiet, f"decoded {len(recon)} samples of shape {recon.shape[1:]}; written to {output}")
+    arrays = {output: recon} if std is None else {output: recon, Path(std): reconstruct_std(loaded, z, cov, scale)}
+    for path, array in arrays.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            np.save(tmp, array)
+    _say(quiet, f"decoded {len(recon)} samples of shape {recon.shape[1:]}; written to {output}"
+                + ("" if std is None else f", their standard deviations to {std}"))
     return recon
 
 
@@ -388,19 +460,19 @@ def read_history(model) -> dict[str, np.ndarray] | None:
     return {name: np.array([float(row[name]) for row in rows]) for name in rows[0]}
 
 
-def plot_model(model, data, out, *, key=None, samples=50, show=8, quiet=False) -> list[Path]:
+def plot_model(model, data, out, *, key=None, samples=50, show=8, quiet=False, device="cpu") -> list[Path]:
     """Write the figures of a trained model to the folder `out`: the first `show`
     samples of `data` with their reconstructions in the data's units (spectra
-    overlaid, with residuals), the training curves (when the model has a
+    overlaid, with residuals and ±2σ bands from the latents' uncertainty), the training curves (when the model has a
     history), and the latents of `samples` samples spread evenly over `data` on
     their principal axes, coloured by loss. Only those samples are read and
-    encoded, so the figures take seconds however large `data` is. Returns the
-    paths written."""
+    encoded (on `device`), so the figures take seconds however large `data` is.
+    Returns the paths written."""
     from . import plots
 
     if samples < 1 or show < 1:
         raise ConfigError(f"samples and show must be positive; got {samples} and {show}")
-    loaded = load_model(model)
+    loaded = load_model(model, device)
     settings = EncodeSettings.of_model(loaded)
     with open_samples(data, key) as source:
         inputs, total = model_input(loaded, source, settings), len(source)
@@ -410,12 +482,18 @@ def plot_model(model, data, out, *, key=None, samples=50, show=8, quiet=False) -
         x, scale = inputs.prepare(raw)
         axis, axis_label = inputs.channels.model_axis, _axis_label(source.on_disk)
     encoding = encode_samples(loaded, x, settings, progress=not quiet, weights=inputs.mask)
-    z, loss = encoding.z.detach().numpy(), encoding.loss.detach().numpy()
+    z, loss = encoding.z.detach().cpu().numpy(), encoding.loss.detach().cpu().numpy()
     shown = slice(0, min(show, total))
     name, out = Path(model).name, Path(out)
     recon = reconstruct(loaded, z, scale)[shown]  # decoded in one batch, as `gfe decode` does
+    stds = None
+    if plots.is_spectrum(recon.shape[1:]) and not settings.with_encoder:  # bands: the latents' uncertainty
+        latent = laplace(loaded.decoder, settings.loss_function, torch.from_numpy(x[shown]), encoding.z[shown],
+                         inputs.mask)
+        stds = {"reconstructed": reconstruct_std(loaded, z[shown], latent.cov.cpu().numpy(),
+                                                 None if scale is None else scale[shown])}
     written = [plots.plot_reconstructions(inputs.channels.select(raw[shown]), {"reconstructed": recon},
-                                          out / "reconstructions.png", n=show, x=axis,
+                                          out / "reconstructions.png", n=show, x=axis, stds=stds,
                                           xlabel=None if axis is None else axis_label,
                                           title=f"{name}: the first {shown.stop} samples of {data} and their "
                                                 "reconstructions")]

@@ -18,8 +18,9 @@ import time
 import numpy as np
 import torch
 
-from ..cli_args import DATA_HELP, int_list, json_dict
+from ..cli_args import DATA_HELP, DEVICE_HELP, int_list, json_dict
 from ..data import load_dataset
+from ..devices import device_record, resolve_device, synchronize
 from ..encode import encode
 from ..methods import METHODS
 from ..models import MLPDecoder, default_decoder
@@ -68,10 +69,14 @@ def run(
     start: str = "learned",
     encode_ahead: int = 1,
     repeat: int = 1,
+    device="cpu",
     progress: bool = True,
 ) -> dict:
+    """Each decoder is built on the CPU (the same initial weights whatever
+    `device`) and trained and tested on `device`."""
     known("methods", methods, METHODS)
     at_least(1, samples=samples, n_test=n_test, encode_ahead=encode_ahead, repeat=repeat)
+    device = resolve_device(device)
     data = load_dataset(dataset)
     x_train_all, x_test = split(data.x, max(samples), n_test, seed=seed)
     results = []
@@ -83,14 +88,16 @@ def run(
                                  encode_ahead=encode_ahead if method != "ae" else 1)
             seconds = []
             for _ in range(repeat):  # the same run each time: only the timing varies
-                decoder = _decoder(tuple(data.x.shape[1:]), latent_dim, seed)
+                decoder = _decoder(tuple(data.x.shape[1:]), latent_dim, seed).to(device)
                 trainer = Trainer(config, data.x.shape[1:], decoder=decoder, progress=progress)
                 began = time.perf_counter()
                 record = trainer.fit(x_train_all[:n])[-1]
+                synchronize(device)
                 seconds.append(time.perf_counter() - began)
             train_seconds = float(np.median(seconds))
             began = time.perf_counter()
             test_loss = trainer.evaluate(x_test)
+            synchronize(device)
             encode_seconds = time.perf_counter() - began
             row = {"method": method, "samples": n, "test_loss": test_loss, "train_seconds": train_seconds,
                    "train_seconds_each": seconds,
@@ -113,7 +120,7 @@ def run(
         "dataset": data.name, "n_test": n_test, "latent_dim": latent_dim, "batch_size": batch_size,
         "optimizer": "rmsprop", "lr": lr, "seed": seed, "start": start, "encode_ahead": encode_ahead,
         "repeat": repeat,
-        "machine": machine(),
+        "machine": {**machine(), **device_record(device)},
         "results": results,
     }
 
@@ -136,6 +143,7 @@ def add_parser(bench) -> None:
     q.add_argument("--repeat", type=int, default=1,
                    help="train each setting this many times (the runs are identical) and report the median "
                         "training time and each one, as a shared machine's timings vary")
+    q.add_argument("--device", default="cpu", help=DEVICE_HELP)
     cli.add_result_options(q)
     q.set_defaults(run=_command)
 
@@ -143,5 +151,5 @@ def add_parser(bench) -> None:
 def _command(args) -> None:
     result = run(args.dataset, args.methods.split(","), args.samples, n_test=args.n_test,
                  encode_options=args.encode_options, start=args.start, encode_ahead=args.encode_ahead,
-                 repeat=args.repeat, progress=not args.quiet)
+                 repeat=args.repeat, device=args.device, progress=not args.quiet)
     cli.emit(result, args.json, args.quiet)

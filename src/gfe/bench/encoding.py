@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cli_args import DATA_HELP
+from ..cli_args import DATA_HELP, DEVICE_HELP
 from ..data import load_dataset, open_samples
+from ..devices import device_record, resolve_device, synchronize
 from ..encode import encode, threads_for_rows
 from ..encode_settings import EncodeSettings
 from ..errors import ConfigError
@@ -83,20 +84,21 @@ def _model_samples(model, dataset: str, n: int):
         return loaded, raw, x, inputs.mask, samples.on_disk.axis
 
 
-def _cli_against_estimator(model, raw, x, axis, repeat: int) -> dict:
+def _cli_against_estimator(model, raw, x, axis, repeat: int, device: torch.device) -> dict:
     """Seconds of `gfe encode` (`workflows.encode_file`: read, prepare, encode and
     write the raw samples) and of `gfe.GFE.load(model).transform` on the prepared
     samples, repeats interleaved; `transform_over_encode` is the ratio of medians."""
     from ..estimator import GFE  # here: scikit-learn takes seconds to import, which `gfe --help` need not
     from ..workflows import encode_file
 
-    estimator = GFE.load(model)
+    estimator = GFE.load(model, device=device)
     times: dict[str, list[float]] = {"gfe_encode": [], "transform": []}
     with tempfile.TemporaryDirectory() as folder:
         data = Path(folder) / "samples.npz"
         np.savez(data, x=raw, **({} if axis is None else {"axis": axis}))
         for _ in range(repeat):
-            for name, call in (("gfe_encode", lambda: encode_file(model, data, Path(folder) / "z.npy", quiet=True)),
+            for name, call in (("gfe_encode", lambda: encode_file(model, data, Path(folder) / "z.npy", quiet=True,
+                                                                       device=device)),
                                ("transform", lambda: estimator.transform(x.reshape(len(x), -1)))):
                 start = time.perf_counter()
                 call()
@@ -107,42 +109,48 @@ def _cli_against_estimator(model, raw, x, axis, repeat: int) -> dict:
             "transform_over_encode": medians["transform"] / medians["gfe_encode"]}
 
 
-def _rate(fn, repeats: int, trials: int = 5) -> float:
-    """Calls per second of `fn` after one warm-up call: the best of `trials`
-    runs of `repeats` calls, since a shared machine only ever slows it down."""
+def _rate(fn, repeats: int, device: torch.device, trials: int = 5) -> float:
+    """Calls per second of `fn` on `device` after one warm-up call: the best of
+    `trials` runs of `repeats` calls, since a shared machine only ever slows it down."""
     fn()
     best = math.inf
     for _ in range(trials):
+        synchronize(device)
         start = time.perf_counter()
         for _ in range(repeats):
             fn()
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
     return repeats / best
 
 
-def _matmul_gflops(size: int = 1024) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    return 2 * size**3 * _rate(lambda: a @ b, 20) / 1e9
+def _matmul_gflops(device: torch.device, size: int = 1024) -> float:
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    return 2 * size**3 * _rate(lambda: a @ b, 20, device) / 1e9
 
 
 def run(dataset: str, *, model=None, n: int = 10_000, batch: int = 4096, settings: dict | None = None,
-        seed: int = 0, refine_start: bool = False, repeat: int = 1, progress: bool = True) -> dict:
+        seed: int = 0, refine_start: bool = False, repeat: int = 1, device="cpu", progress: bool = True) -> dict:
     """`model` is a model directory or a list of them (each benchmarked on the
-    same samples), or None for the protocol's decoder trained here. `repeat`
+    same samples), or None for the protocol's decoder trained here (on the CPU,
+    the same one whatever `device`). Encoding runs on `device`. `repeat`
     encodes with each setting that many times (identical results) and reports
     the median time, since a shared machine's timings vary."""
     at_least(1, n=n, batch=batch, repeat=repeat)
+    device = resolve_device(device)
     models = [model] if model is None or isinstance(model, (str, Path)) else list(model)
     if models != [None] and refine_start:
         raise ConfigError("refine_start applies to the decoder this benchmark trains, not to a given model "
                           "(train that with 'gfe train --refine-start')")
     blocks = [_run_model(dataset, m, n=n, batch=batch, settings=SETTINGS if settings is None else settings,
-                         seed=seed, refine_start=refine_start, repeat=repeat, progress=progress) for m in models]
+                         seed=seed, refine_start=refine_start, repeat=repeat, device=device, progress=progress)
+              for m in models]
     return {"benchmark": "encode", "dataset": dataset, "refine_start": refine_start, "repeat": repeat, "batch": batch,
-            "best_options": BEST, "matmul_gflops": _matmul_gflops(), "machine": machine(), "models": blocks}
+            "best_options": BEST, "matmul_gflops": _matmul_gflops(device),
+            "machine": {**machine(), **device_record(device)}, "models": blocks}
 
 
-def _run_model(dataset: str, model, *, n, batch, settings, seed, refine_start, repeat, progress) -> dict:
+def _run_model(dataset: str, model, *, n, batch, settings, seed, refine_start, repeat, device, progress) -> dict:
     """One decoder's block of `run`'s result."""
     cli_against_estimator = None
     if model is None:
@@ -152,8 +160,9 @@ def _run_model(dataset: str, model, *, n, batch, settings, seed, refine_start, r
         loaded, raw, x, weights, axis = _model_samples(model, dataset, n)
         decoder, start_map, refine_seconds = loaded.decoder, loaded.start, None
         loss_name = EncodeSettings.of_model(loaded).loss
-        cli_against_estimator = _cli_against_estimator(model, raw, x, axis, repeat)
-    decoder.eval()
+        cli_against_estimator = _cli_against_estimator(model, raw, x, axis, repeat, device)
+    decoder.eval().to(device)
+    start_map = None if start_map is None else start_map.to(device)
     if start_map is None:  # a model without a start map: only the settings from z0 = 0
         settings = {name: options for name, options in settings.items() if options.get("start") != "learned"}
 
@@ -165,11 +174,11 @@ def _run_model(dataset: str, model, *, n, batch, settings, seed, refine_start, r
     params = sum(p.numel() for p in decoder.parameters())
     flops_per_eval = 4 * params  # forward and input-VJP: one multiply-add per weight each (for an MLP)
 
-    xt = torch.from_numpy(x[:batch])
+    xt = torch.from_numpy(x[:batch]).to(device)
     objective = Objective(decoder, Loss(loss_name))
-    zeros = torch.zeros(len(xt), decoder.latent_dim)
+    zeros = torch.zeros(len(xt), decoder.latent_dim, device=device)
     with threads_for_rows(len(xt)):  # the threads the encoding loop uses for such a batch
-        decoder_rate = len(xt) * _rate(lambda: objective.value_and_grad(zeros, xt), 5)
+        decoder_rate = len(xt) * _rate(lambda: objective.value_and_grad(zeros, xt), 5, device)
 
     starts = ("zero", "learned") if start_map is not None else ("zero",)
     best_loss = min(float(run_encode({**BEST, "start": start}).loss.mean()) for start in starts)
@@ -177,8 +186,10 @@ def _run_model(dataset: str, model, *, n, batch, settings, seed, refine_start, r
     for name, options in settings.items():
         times = []
         for _ in range(repeat):
+            synchronize(device)
             start = time.perf_counter()
             enc = run_encode(options, progress=progress)
+            synchronize(device)
             times.append(time.perf_counter() - start)
         seconds = float(np.median(times))
         evals = float(enc.nfe.sum())
@@ -186,7 +197,7 @@ def _run_model(dataset: str, model, *, n, batch, settings, seed, refine_start, r
             "setting": name, "options": options, "samples": len(x), "seconds": seconds, "seconds_each": times,
             "ms_per_sample": 1e3 * seconds / len(x), "samples_per_second": len(x) / seconds,
             "mean_loss": float(enc.loss.mean()), "loss_over_best": float(enc.loss.mean()) / best_loss - 1,
-            "mean_nfe": evals / len(x), "p95_nfe": float(np.percentile(enc.nfe.numpy(), 95)),
+            "mean_nfe": evals / len(x), "p95_nfe": float(np.percentile(enc.nfe.cpu().numpy(), 95)),
             "mean_steps": float(enc.steps.float().mean()), "status": enc.status_counts(),
             "evals_per_second": evals / seconds, "of_decoder_rate": evals / seconds / decoder_rate,
             "gflops": evals * flops_per_eval / seconds / 1e9,
@@ -232,6 +243,8 @@ def add_parser(bench) -> None:
                    help="run only the settings whose name contains TEXT, e.g. 'learned start'")
     q.add_argument("--repeat", type=int, default=1,
                    help="encode with each setting this many times (identical results) and report the median time")
+    q.add_argument("--device", default="cpu", help=DEVICE_HELP + "; the decoder this benchmark trains is trained "
+                                                               "on the CPU either way")
     cli.add_result_options(q)
     q.set_defaults(run=_command)
 
@@ -244,5 +257,5 @@ def _command(args) -> None:
             raise ConfigError(f"no encode benchmark setting's name contains {args.only!r}; the settings are: "
                               + "; ".join(SETTINGS))
     result = run(args.dataset, model=args.model, n=args.n, batch=args.batch, settings=settings,
-                 refine_start=args.refine_start, repeat=args.repeat, progress=not args.quiet)
+                 refine_start=args.refine_start, repeat=args.repeat, device=args.device, progress=not args.quiet)
     cli.emit(result, args.json, args.quiet)

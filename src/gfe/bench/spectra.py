@@ -7,7 +7,12 @@ Protocol: the channels are selected (`ranges`), spectra are normalised per sampl
 with the training spectra's statistics; a fixed random test set is held out; for
 each training size N and training seed every neural method trains the same
 decoder (same initial weights, same sample order, the same `latent_penalty` and
-`latent_noise`) for `epochs` passes. We report the test reconstruction MSE (masked
+`latent_noise`) for `epochs` passes on the training spectra less a validation
+share (`val_fraction`, as `gfe train --val-fraction`; none by default), keeping the epoch of lowest
+validation loss as `gfe train` does (for a decoder initialised from data, e.g.
+PCA, its start unless an epoch beats it clearly: `gfe.train.Trainer.fit`), and
+with `retrain_all` training that many epochs again on all the training spectra
+(`gfe train --retrain-all`); PCA fits all the training spectra. We report the test reconstruction MSE (masked
 pixels excluded), the cross-validated R² of a ridge regression from latents to
 each reference quantity (the test spectra's generating parameters, or the
 reference table's values at its rows), and wall times for training and encoding;
@@ -26,10 +31,10 @@ import torch
 
 from ..cli_args import DATA_HELP, int_list, seed_list
 from ..encode_settings import EncodeSettings
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..models import DECODERS, Conv1dDecoder, Conv2dDecoder
 from ..normalise import NORMALISATIONS, Standardisation, normalise
-from ..samples import validate_data
+from ..samples import split, validate_data
 from ..train import Trainer
 from ..train_config import LR_SCHEDULES, TrainConfig
 from . import at_least, cli, known
@@ -76,9 +81,10 @@ def _masked_mse(recon: np.ndarray, x: np.ndarray, mask) -> float:
 
 
 def _neural(method, x_train, x_test, x_probe, mask, *, decoder, latent_dim, epochs, batch_size, lr, lr_schedule,
-            seed, latent_penalty, latent_noise):
-    """Train `method` on `x_train`; the test latents, reconstructions and probe latents,
-    encoded as `gfe encode` encodes with the saved model (from its start map)."""
+            seed, latent_penalty, latent_noise, val_fraction, retrain_all):
+    """Train `method` on `x_train` (a `val_fraction` of it validating, split as `gfe
+    train` splits); the test latents, reconstructions and probe latents, encoded as
+    `gfe encode` encodes with the saved model (from its start map)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if decoder == "conv":
@@ -88,10 +94,14 @@ def _neural(method, x_train, x_test, x_probe, mask, *, decoder, latent_dim, epoc
             model = DECODERS[decoder].decoder(latent_dim, x_train.shape[1:])
     config = TrainConfig(method=method, latent_dim=latent_dim, epochs=epochs, batch_size=batch_size,
                          optimizer="adam", lr=lr, lr_schedule=lr_schedule, loss="mse", seed=seed,
-                         latent_penalty=latent_penalty, latent_noise=latent_noise)
+                         latent_penalty=latent_penalty, latent_noise=latent_noise, retrain_all=retrain_all)
     trainer = Trainer(config, x_train.shape[1:], decoder=model, progress=False, weights=mask)
+    n_val = int(round(val_fraction * len(x_train)))
+    x_fit, x_val = split(x_train, len(x_train) - n_val, n_val, seed=seed)
     start = time.perf_counter()
-    trainer.fit(x_train)
+    trainer.fit(x_fit, x_val if n_val else None)
+    if retrain_all:
+        trainer = trainer.retrained(x_fit, x_val)
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
     latents = _latents_of(trainer, mask)
@@ -190,19 +200,25 @@ def read_references(path, n_samples: int) -> tuple[np.ndarray, np.ndarray, tuple
 def run(data, samples: list[int], *, key=None, references=None, ranges=None, normalise_kind: str = "mean",
         standardise: bool = False, decoder: str = "conv", methods=METHODS, n_test: int = 500, latent_dim: int = 8,
         epochs: int = 20, batch_size: int = 5, lr: float = 1e-3, lr_schedule: str = "constant", seeds=(0,),
-        latent_penalty: float = 0.0,
-        latent_noise: float = 0.0, plots=None, progress: bool = True) -> dict:
+        latent_penalty: float = 0.0, latent_noise: float = 0.0, val_fraction: float = 0.0,
+        retrain_all: bool = False, plots=None, progress: bool = True) -> dict:
     """Run the benchmark on the spectra in `data`; write PNGs into `plots` if given.
 
     The test set is drawn once (seed 0); `seeds` seed the neural methods' training.
     `ranges` select channels (as `gfe train --range`); `standardise` scales each
     feature by the training spectra's mean and standard deviation (errors are then
     in those units); `decoder` is "conv" (the convolutional decoder of the data's
-    dimension) or a registered decoder name."""
+    dimension) or a registered decoder name. `val_fraction` of each training set
+    validates the neural methods (0: none; they keep their last epoch);
+    `retrain_all` retrains them on every training spectrum (`gfe train --retrain-all`)."""
     known("methods", methods, METHODS)
     known("decoder", [decoder], ["conv", *DECODERS])
     at_least(1, samples=samples, latent_dim=latent_dim, epochs=epochs)
     at_least(0, seeds=seeds)
+    if not 0 <= val_fraction < 1:
+        raise ConfigError(f"val_fraction must be in [0, 1); got {val_fraction}")
+    if retrain_all and not val_fraction:
+        raise ConfigError("retrain_all retrains the epochs validation chose: give a validation share (val_fraction)")
     at_least(2 * PROBE_FOLDS, n_test=n_test)  # R² needs two or more test spectra in each of the probe's folds
     spectra = _load(data, key=key, references=references, ranges=ranges, normalise_kind=normalise_kind,
                     n_test=n_test, n_train=max(samples))
@@ -216,7 +232,8 @@ def run(data, samples: list[int], *, key=None, references=None, ranges=None, nor
             z, recon, z_probe, train_s, encode_s = _neural(
                 method, x_train, x_test, x_probe, spectra.mask, decoder=decoder, latent_dim=latent_dim,
                 epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, seed=seed,
-                latent_penalty=latent_penalty, latent_noise=latent_noise)
+                latent_penalty=latent_penalty, latent_noise=latent_noise, val_fraction=val_fraction,
+                retrain_all=retrain_all)
         r2 = probe_r2(z_probe, spectra.labels, spectra.names)
         knn = probe_r2(z_probe, spectra.labels, spectra.names, model="knn")
         row = {"method": method, "samples": n, "seed": seed, "test_mse": _masked_mse(recon, x_test, spectra.mask),
@@ -240,6 +257,7 @@ def run(data, samples: list[int], *, key=None, references=None, ranges=None, nor
         "n_test": n_test, "latent_dim": latent_dim, "epochs": epochs, "batch_size": batch_size, "decoder": decoder,
         "optimizer": "adam", "lr": lr, "lr_schedule": lr_schedule, "loss": f"mse; spectra normalised per sample: {normalise_kind}; {scaled}",
         "seeds": list(seeds), "latent_penalty": latent_penalty, "latent_noise": latent_noise,
+        "val_fraction": val_fraction, "retrain_all": retrain_all,
         "references": None if references is None else str(references),
         "probe": f"{PROBE_FOLDS}-fold CV ridge (standardised latents, penalty chosen inside each fold by RidgeCV) "
                  f"on the latents of {'the reference rows' if references is not None else 'the test spectra'}; "
@@ -286,6 +304,14 @@ def add_parser(bench) -> None:
     q.add_argument("--epochs", type=int, default=20, help="passes over the training spectra")
     q.add_argument("--lr-schedule", default="constant", choices=list(LR_SCHEDULES),
                    help="the neural methods' learning-rate schedule, as 'gfe train --lr-schedule'")
+    q.add_argument("--val-fraction", type=float, default=0.0,
+                   help="share of each training set that validates the neural methods, as 'gfe train "
+                        "--val-fraction': they keep their best validation epoch (a PCA-initialised decoder its "
+                        "start unless training clearly beats it); PCA fits every training spectrum. Default 0: "
+                        "no validation, the last epoch")
+    q.add_argument("--retrain-all", action="store_true",
+                   help="then retrain the neural methods for their best epoch's number of epochs on every "
+                        "training spectrum, as 'gfe train --retrain-all'")
     q.add_argument("--seeds", type=seed_list, default=[0],
                    help="training seeds (initial weights, sample order); the summary averages them")
     q.add_argument("--latent-penalty", type=float, default=0.0, metavar="BETA",
@@ -303,8 +329,8 @@ def _command(args) -> None:
                  lr_schedule=args.lr_schedule,
                  methods=args.methods.split(","), n_test=args.n_test,
                  latent_dim=args.latent_dim, epochs=args.epochs, seeds=args.seeds,
-                 latent_penalty=args.latent_penalty, latent_noise=args.latent_noise,
-                 plots=None if args.json is None else args.json.parent, progress=not args.quiet)
+                 latent_penalty=args.latent_penalty, latent_noise=args.latent_noise, val_fraction=args.val_fraction,
+                 retrain_all=args.retrain_all, plots=None if args.json is None else args.json.parent, progress=not args.quiet)
     cli.emit(result, args.json, args.quiet)
 
 

@@ -22,6 +22,18 @@ from .status import Status
 SAFETY, FACTOR_MIN, FACTOR_MAX = 0.9, 0.2, 10.0
 
 
+def _torchode():
+    """torchode, imported on use: importing it starts OpenMP's thread pool (it
+    compiles with TorchScript), which makes `import gfe` slower and unsafe to fork
+    after; and gfe works without it, but for this solver."""
+    try:
+        import torchode
+    except ImportError as err:
+        raise ConfigError(f"solver 'dopri5' needs torchode, which cannot be imported here ({err}); "
+                          "install it (pip install torchode) or choose another solver") from err
+    return torchode
+
+
 def _rms(v: torch.Tensor) -> torch.Tensor:
     return v.square().mean(1).sqrt()
 
@@ -44,9 +56,7 @@ class Dopri5Options:
 def solve_dopri5(objective, flow, x, weights, y0, rule: StopRule, options: Dopri5Options = Dopri5Options(),
                  trajectory=None):
     """Integrate to tau with local error per sample below `atol + rtol·|y|`."""
-    # Imported on use: importing torchode starts OpenMP's thread pool (it compiles
-    # with TorchScript), which makes `import gfe` slower and unsafe to fork after.
-    import torchode
+    torchode = _torchode()
     from torchode.single_step_methods.runge_kutta import ERKState
 
     rtol, atol, dt0, max_rejects = options.rtol, options.atol, options.dt0, options.max_rejects
@@ -115,9 +125,7 @@ def _initial_step(rhs, active: ActiveSet, f0, rtol, atol) -> torch.Tensor:
 def dopri5_tableau() -> Tableau:
     """torchode's Dormand-Prince tableau without its last stage (weight 0, used only
     for the error estimate), so a replayed step is the step the solver took."""
-    import torchode
-
-    t = torchode.Dopri5().tableau
+    t = _torchode().Dopri5().tableau
     a, b, c = t.a[:6, :6].tolist(), t.b[:6].tolist(), t.c[:6].tolist()
     return tuple(tuple(map(float, row)) for row in a), tuple(map(float, b)), tuple(map(float, c))
 
