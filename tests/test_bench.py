@@ -42,14 +42,20 @@ def test_encode_benchmark_compares_settings_with_the_best_loss(tmp_path):
     trainer.fit(x)
     trainer.save_model(tmp_path / "model")
     settings = {"bfgs": {"step": "bfgs"}, "capped": {"max_steps": 2}}
-    result = encoding.run("digits", model=tmp_path / "model", n=40, batch=16, settings=settings, repeat=2,
+    result = encoding.run("digits", model=[tmp_path / "model"] * 2, n=40, batch=16, settings=settings, repeat=2,
                           progress=False)
-    rows = {r["setting"]: r for r in result["results"]}
+    first, second = result["models"]
+    assert first["decoder"] == "mlp" and [r["mean_loss"] for r in first["results"]] == [
+        r["mean_loss"] for r in second["results"]]
+    rows = {r["setting"]: r for r in first["results"]}
     assert all(len(r["seconds_each"]) == 2 for r in rows.values())
     assert rows["capped"]["mean_steps"] <= 2 and rows["capped"]["loss_over_best"] > rows["bfgs"]["loss_over_best"]
     assert rows["bfgs"]["loss_over_best"] == pytest.approx(0, abs=1e-3)
-    assert result["decoder_evals_per_second"] > 0 and result["matmul_gflops"] > 0
+    assert first["decoder_evals_per_second"] > 0 and result["matmul_gflops"] > 0
     assert all(0 < r["of_decoder_rate"] for r in rows.values())
+    against = first["gfe_encode_against_transform"]
+    assert against["samples"] == 40 and all(len(t) == 2 for t in against["seconds_each"].values())
+    assert against["transform_over_encode"] > 0
 
 
 def test_sharded_encoding_benchmark_runs_and_merges_to_the_single_process_result():

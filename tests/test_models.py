@@ -126,3 +126,13 @@ def test_unknown_encoder_type_and_foreign_decoder():
         build_encoder_from_config({"type": "rnn"})
     with pytest.raises(ConfigError, match="no mirrored encoder for Linear"):
         build_encoder(nn.Linear(2, 3))
+
+
+@pytest.mark.parametrize(("cls", "shape"), [(Conv1dDecoder, (2, 13)), (Conv2dDecoder, (3, 7, 10))])
+def test_conv_decoder_matches_its_upsample_then_conv_layers(cls, shape):
+    """The fused transposed convolution computes what the listed modules compute one by one."""
+    decoder = small(cls, shape).double()
+    z = torch.randn(4, LATENT, dtype=torch.float64)
+    seed = decoder.project(z).reshape(len(z), decoder.channels[0], *decoder._seed)
+    layered = decoder.body(seed)[decoder._crop].reshape(len(z), *shape)
+    torch.testing.assert_close(decoder(z), layered, rtol=1e-12, atol=1e-12)
