@@ -37,8 +37,10 @@ def test_data_efficiency_repeats_identical_runs_and_encodes_ahead():
 
 def test_encode_benchmark_compares_settings_with_the_best_loss(tmp_path):
     x = load_dataset("digits").x[:60]
-    trainer = Trainer(TrainConfig(latent_dim=3, batch_size=10, optimizer="adam", lr=1e-2), x.shape[1:],
-                      progress=False)
+    # trained with Barzilai-Borwein steps, this toy decoder's converged encodings from its start map reach the
+    # best from either start (trained with the default BFGS steps, they end in other minima, 5% higher)
+    trainer = Trainer(TrainConfig(latent_dim=3, batch_size=10, optimizer="adam", lr=1e-2,
+                                  encode_options={"step": "spectral", "h_max": 100.0}), x.shape[1:], progress=False)
     trainer.fit(x)
     trainer.save_model(tmp_path / "model")
     settings = {"bfgs": {"step": "bfgs"}, "capped": {"max_steps": 2}}
