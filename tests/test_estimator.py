@@ -60,7 +60,10 @@ def fitted(X):
 FLOAT32_ROUNDING = {"check_methods_sample_order_invariance": "float32 matrix kernels round rows by position"}
 
 
-@parametrize_with_checks([tiny(epochs=1, batch_size=64, decoder={"type": "mlp", "hidden": [8]})],
+# Encodings run to gtol (200 steps): a latent stopped early, by the step budget, moves by float32 rounding by
+# batch position (below), which on the checks' data can exceed check_methods_subset_invariance's 1e-4.
+@parametrize_with_checks([tiny(epochs=1, batch_size=64, decoder={"type": "mlp", "hidden": [8]},
+                               encode_options={"max_steps": 200, "gtol": 1e-4})],
                          expected_failed_checks=lambda estimator: FLOAT32_ROUNDING)
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)

@@ -319,3 +319,12 @@ def test_cosine_schedule_decays_the_learning_rate_to_zero(images):
     batches = 6  # per epoch
     assert seen == pytest.approx([1e-2 * 0.5 * (1 + math.cos(math.pi * (e * batches - 1) / (2 * batches)))
                                   for e in (1, 2)])
+
+
+@pytest.mark.parametrize(("gradient", "step"), [("approx", "bfgs"), ("adjoint", "spectral"), ("unrolled", "spectral")])
+def test_gfe_amd_trains_with_bfgs_steps_unless_its_gradient_replays_the_path(gradient, step):
+    """BFGS steps leave the flow's path, which exact gradients replay: they get the method's `exact_options`."""
+    assert TrainConfig(gradient=gradient).flow_options(training=True)["step"] == step
+    assert TrainConfig(gradient=gradient).flow_options(training=False)["step"] == "bfgs"  # evaluation is not replayed
+    mine = TrainConfig(gradient=gradient, encode_options={"step": "flow"}).flow_options(training=True)
+    assert mine["step"] == "flow"  # the user's options come last

@@ -18,7 +18,7 @@ from .devices import module_device
 from .encode import FlowEncoder
 from .errors import ConfigError
 from .models import build_encoder
-from .start import MAX_FEATURES, RidgeFit, RidgeStart, can_learn_start, metric_from_hessian
+from .start import MAX_FEATURES, RidgeFit, RidgeStart, can_learn_start, default_refit_every, metric_from_hessian
 from .train_config import TrainConfig
 
 
@@ -86,7 +86,10 @@ class FlowLatents:
         shape = tuple(decoder.out_shape)
         learn = config.start == "learned" and can_learn_start(shape)
         self.device = module_device(decoder)
-        self.start_fit = RidgeFit(shape, config.latent_dim, device=self.device) if learn else None
+        # The map starts one flow call per `encode_ahead` batches: re-solving it more often buys nothing.
+        refit_every = max(default_refit_every(shape), config.batch_size * config.encode_ahead)
+        self.start_fit = (RidgeFit(shape, config.latent_dim, refit_every=refit_every, device=self.device)
+                          if learn else None)
         self.final_start: RidgeStart | None = None  # set by `refine` or `load_saved`
         self.update_penalty = (None, 0.0)
         self.exact_gradients = config.gradient != "approx"

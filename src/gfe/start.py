@@ -92,16 +92,22 @@ def can_learn_start(feature_shape) -> bool:
     return math.prod(feature_shape) <= MAX_FEATURES
 
 
+def default_refit_every(feature_shape) -> int:
+    """Samples between re-solves of a running fit: a solve costs ~features³ (MNIST's:
+    docs/benchmarks.md), so few features are refitted often."""
+    return max(25, round(25 * ((math.prod(feature_shape) + 1) / 1024) ** 2))
+
+
 class RidgeFit:
     """Running ridge fit of latents on features, in float64.
 
     `update` adds a batch's `rows` to the statistics (older samples decay by `1 - 1/memory`
     per sample seen); every `refit_every` samples the map in use is re-solved,
     with a penalty of `penalty` times the mean diagonal of the statistics, so it
-    does not depend on the data's scale. The solve (timed in docs/benchmarks.md)
-    runs on a worker thread, i.e. on a core the batch-5 flows leave idle, from a
-    copy of the statistics; `start` waits for it, so the map in use is the same
-    as if it were solved in place. `state_dict` holds everything a
+    does not depend on the data's scale. The refit (folding the new batches into
+    the statistics, then the solve, timed in docs/benchmarks.md) runs on a worker
+    thread, i.e. on a core the batch-5 flows leave idle; `start` waits for it, so
+    the map in use is the same as if it were computed in place. `state_dict` holds everything a
     resumed run needs to continue exactly.
     """
 
@@ -114,8 +120,8 @@ class RidgeFit:
                               f"memory={memory}, penalty={penalty}, refit_every={refit_every}")
         self._start = RidgeStart(feature_shape, latent_dim).to(device)  # on the decoder's device
         size = math.prod(self._start.feature_shape) + 1
-        if refit_every is None:  # a solve costs ~size³ (MNIST's: docs/benchmarks.md): refit often for few features
-            refit_every = max(25, round(25 * (size / 1024) ** 2))
+        if refit_every is None:
+            refit_every = default_refit_every(feature_shape)
         self.gram = torch.zeros(size, size, dtype=torch.float64, device=device)
         self.cross = torch.zeros(size, latent_dim, dtype=torch.float64, device=device)
         self.since_refit = 0
@@ -150,31 +156,43 @@ class RidgeFit:
         self._pending.append((rows, n_samples))
         self.since_refit += n_samples
         if self.since_refit >= self.refit_every:
-            self.fold()
-            self._install_solution()  # the previous solve, before queueing the next
+            self._install_solution()  # the previous refit, before queueing the next
             if self._worker is None:
                 self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gfe-ridge-fit")
-            self._solving = self._worker.submit(self._solve, self.gram.clone(), self.cross.clone())  # snapshots
+            pending, self._pending = self._pending, []
+            self._solving = self._worker.submit(self._refit, pending)
             self.since_refit = 0
 
+    def _refit(self, pending: list[tuple[Tensor, int]]) -> Tensor:
+        """Fold `pending` into the statistics and solve them (on the worker thread,
+        which alone touches the statistics until `_install_solution` has waited for it)."""
+        self._fold(pending)
+        return self._solve(self.gram.clone(), self.cross)
+
     def fold(self) -> None:
-        """Fold the batches added since the last fold into the statistics at once:
-        batch `b` weighs `(1 - 1/memory)^(samples after b)`, as if each batch had
-        decayed the statistics in turn, but the (features + 1)² matrix is swept
-        once per refit instead of once per batch."""
-        if not self._pending:
+        """Bring the statistics up to date: wait for a refit in progress, then fold
+        in the batches added since."""
+        self._install_solution()
+        pending, self._pending = self._pending, []
+        self._fold(pending)
+
+    def _fold(self, pending: list[tuple[Tensor, int]]) -> None:
+        """Fold batches into the statistics at once: batch `b` weighs
+        `(1 - 1/memory)^(samples after b)`, as if each batch had decayed the
+        statistics in turn, but the (features + 1)² matrix is swept once per
+        refit instead of once per batch."""
+        if not pending:
             return
         keep = 1.0 - 1.0 / self.memory
-        counts = torch.tensor([n for _, n in self._pending], dtype=torch.float64)
+        counts = torch.tensor([n for _, n in pending], dtype=torch.float64)
         later = counts.flip(0).cumsum(0).flip(0) - counts  # samples added after each batch
-        rows = torch.cat([r for r, _ in self._pending])
-        decay = torch.repeat_interleave(keep ** later, torch.tensor([len(r) for r, _ in self._pending]))
+        rows = torch.cat([r for r, _ in pending])
+        decay = torch.repeat_interleave(keep ** later, torch.tensor([len(r) for r, _ in pending]))
         size = len(self.gram)
         design, weighted = rows[:, :size], rows[:, :size] * decay[:, None].to(rows.device)
         total = keep ** float(counts.sum())
         self.gram.addmm_(weighted.T, design, beta=total)
         self.cross.addmm_(weighted.T, rows[:, size:], beta=total)
-        self._pending = []
 
     def solution(self) -> Tensor:
         """The ridge map of the current statistics (float32, as used)."""
@@ -205,6 +223,7 @@ class RidgeFit:
             if getattr(self, name).shape != state[name].shape:
                 raise ConfigError(f"learned-start statistics {name} have shape {tuple(state[name].shape)}, "
                                   f"expected {tuple(getattr(self, name).shape)}")
+        self._install_solution()  # no refit may still write to the statistics being replaced
         self._pending = []
         self.gram = state["gram"].to(self.gram.device, torch.float64).clone()
         self.cross = state["cross"].to(self.cross.device, torch.float64).clone()

@@ -304,17 +304,16 @@ class Trainer:
         for first in range(0, len(batches), ahead):
             group = [self._batch(x, index) for index in batches[first : first + ahead]]
             mines = [xb[self.replicas.rows(len(xb))] for xb in group]
-            encoded = [None] * len(group) if self.source.exact_gradients else self._latents_ahead(mines)
+            encoded = [None] * len(group) if self.source.exact_gradients else self._latents_ahead(group, mines)
             for batch, xb, mine, latents in zip(range(first + 1, first + len(group) + 1), group, mines, encoded):
                 bar.update()
                 self.optimizer.zero_grad(set_to_none=True)
                 if latents is None:
-                    summed, z, s, n = self._exact_gradients(mine)
+                    summed, z, s, n = self._exact_gradients(mine, len(xb))
                 else:
                     z, s, n = latents
                     output = self.update_decoder(self.source.for_update(z) + self._latent_noise(epoch, batch, len(xb), z))
                     summed = self.loss(output, mine, z, self.weights).sum()
-                self.source.learn(mine, z.detach(), lambda rows: self.replicas.gather_rows(rows, len(xb)))
                 steps, nfe = steps + s, nfe + n
                 self.batch_log.append((epoch + 1, len(mine), s, n))
                 (bad,) = self.replicas.sum(float(not torch.isfinite(summed)))  # every replica decides alike
@@ -344,16 +343,25 @@ class Trainer:
             for group in self.optimizer.param_groups:  # "initial_lr" as torch's schedulers keep it
                 group["lr"] = group.setdefault("initial_lr", group["lr"]) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    def _latents_ahead(self, mines: list[torch.Tensor]) -> list[tuple[torch.Tensor, int, int]]:
-        """Training latents of consecutive batches, encoded in one call (`encode_ahead`),
-        with each batch's flow steps and evaluations; a sample's latent does not
-        depend on the others encoded with it."""
+    def _latents_ahead(self, group: list[torch.Tensor], mines: list[torch.Tensor]) -> list[tuple[torch.Tensor, int, int]]:
+        """Training latents of consecutive batches (`group`; this replica's rows `mines`),
+        encoded in one call (`encode_ahead`), with each batch's flow steps and
+        evaluations; a sample's latent does not depend on the others encoded with it.
+        The latents go to the source at once, so a start map re-solved on them is
+        solved while the decoder takes the group's updates."""
         z, steps, nfe = self.source(torch.cat(mines) if len(mines) > 1 else mines[0], training=True)
         sizes = [len(mine) for mine in mines]
-        return [(zb, int(sb.sum()), int(nb.sum()))
-                for zb, sb, nb in zip(z.split(sizes), steps.split(sizes), nfe.split(sizes))]
+        encoded = [(zb, int(sb.sum()), int(nb.sum()))
+                   for zb, sb, nb in zip(z.split(sizes), steps.split(sizes), nfe.split(sizes))]
+        for xb, mine, (zb, _, _) in zip(group, mines, encoded):
+            self._learn(mine, zb, len(xb))
+        return encoded
 
-    def _exact_gradients(self, x: torch.Tensor):
+    def _learn(self, mine: torch.Tensor, z: torch.Tensor, batch_size: int) -> None:
+        """Give the source a batch's latents (all replicas' rows) to learn its start from."""
+        self.source.learn(mine, z.detach(), lambda rows: self.replicas.gather_rows(rows, batch_size))
+
+    def _exact_gradients(self, x: torch.Tensor, batch_size: int):
         """Encode `x`, set the decoder's `.grad` to the exact gradient of the batch's
         mean energy, and return the summed energy, the latents, the flow steps and
         evaluations spent. (A learned start depends on `x` only, not on the decoder.)"""
@@ -361,6 +369,7 @@ class Trainer:
         enc, grads = flow_gradients(self.source.train_flow, x, z0, self.weights, self.config.gradient)
         for param, grad in zip(self.decoder.parameters(), grads):
             param.grad = grad / len(x)
+        self._learn(x, enc.z, batch_size)
         return enc.loss.sum(), enc.z, int(enc.steps.sum()), int(enc.nfe.sum())
 
     def _tensor(self, x) -> torch.Tensor | SampleRows:

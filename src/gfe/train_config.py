@@ -121,11 +121,14 @@ class TrainConfig:
         return method_spec(self.method).is_gfe
 
     def flow_options(self, *, training: bool) -> dict:
-        """Flow, solver, loss and the method's default options for `FlowEncoder`,
+        """Flow, solver, loss and the method's default options for `FlowEncoder`
+        (with its `exact_options` when training with an exact gradient),
         overridden by `encode_options` (training) or `eval_options`."""
         spec = method_spec(self.method)
         flow, solver = (spec.flow, spec.solver) if spec.is_gfe else ("first", "amd")
         defaults = spec.encode_options if training else spec.eval_options
+        if training and self.gradient != "approx":
+            defaults = {**defaults, **spec.exact_options}
         options = self.encode_options if training else self.eval_options
         prior = {"penalty": "l2", "penalty_weight": float(self.latent_penalty)} if self.latent_penalty else {}
         return {"flow": flow, "solver": solver, "loss": self.loss, **defaults, **prior, **options}

@@ -6,8 +6,9 @@ autoencoder uses its encoder). Every method sees the same samples in the same
 order and starts from the same decoder weights. With `encode_ahead` > 1 the GFE
 methods encode that many batches per flow call (`TrainConfig.encode_ahead`);
 the decoder still takes one update per batch of 5. `repeat` trains each
-setting several times and reports the median time, since a shared machine's
-timings vary (docs/benchmarks.md); the runs themselves are identical.
+setting several times, interleaving the methods, and reports the median time and
+the median ratio to the autoencoder's time in the same repeat, since a shared
+machine's timings vary (docs/benchmarks.md); the runs themselves are identical.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def run(
     encode_ahead: int = 1,
     repeat: int = 1,
     device="cpu",
+    reference_amd: bool = True,
     progress: bool = True,
 ) -> dict:
     """Each decoder is built on the CPU (the same initial weights whatever
@@ -81,48 +83,62 @@ def run(
     x_train_all, x_test = split(data.x, max(samples), n_test, seed=seed)
     results = []
     for n in samples:
-        for method in methods:
-            config = TrainConfig(method=method, latent_dim=latent_dim, batch_size=batch_size,
-                                 optimizer="rmsprop", lr=lr, seed=seed,
-                                 encode_options=(encode_options or {}) if method != "ae" else {}, start=start,
-                                 encode_ahead=encode_ahead if method != "ae" else 1)
-            seconds = []
-            for _ in range(repeat):  # the same run each time: only the timing varies
+        configs = {method: TrainConfig(method=method, latent_dim=latent_dim, batch_size=batch_size,
+                                       optimizer="rmsprop", lr=lr, seed=seed,
+                                       encode_options=(encode_options or {}) if method != "ae" else {}, start=start,
+                                       encode_ahead=encode_ahead if method != "ae" else 1)
+                   for method in methods}
+        seconds = {method: [] for method in methods}
+        trained = {}
+        for _ in range(repeat):  # the same runs each time, interleaved so that load changes hit every method alike
+            for method, config in configs.items():
                 decoder = _decoder(tuple(data.x.shape[1:]), latent_dim, seed).to(device)
                 trainer = Trainer(config, data.x.shape[1:], decoder=decoder, progress=progress)
                 began = time.perf_counter()
                 record = trainer.fit(x_train_all[:n])[-1]
                 synchronize(device)
-                seconds.append(time.perf_counter() - began)
-            train_seconds = float(np.median(seconds))
-            began = time.perf_counter()
-            test_loss = trainer.evaluate(x_test)
-            synchronize(device)
-            encode_seconds = time.perf_counter() - began
-            row = {"method": method, "samples": n, "test_loss": test_loss, "train_seconds": train_seconds,
-                   "train_seconds_each": seconds,
-                   "test_encode_seconds": encode_seconds, "train_mean_steps": record.mean_steps,
-                   "train_mean_nfe": record.mean_nfe, "train_loss": record.train_loss,
-                   "encode_options": trainer.config.flow_options(training=True) if config.is_gfe else None,
-                   "test_encode_options": trainer.settings()["encode"]}
-            if config.is_gfe:
-                row["steps_over_training"] = _steps_over_training(trainer.batch_log)
-            if method == "gfe-amd":  # the reference's own test encoding: AMD's gradient steps, to tau
-                reference = encode(trainer.decoder, x_test, **{**trainer.settings()["encode"], "step": "flow"})
-                row["test_loss_reference_amd"] = float(reference.loss.mean())
-                row["test_nfe_reference_amd"] = float(reference.nfe.float().mean())
-            results.append(row)
-            if progress:
-                print(f"{method:>13} N={n:<6} test BCE {test_loss:.4f}  train {train_seconds:7.2f} s (median)  "
-                      f"steps/sample {record.mean_steps:6.1f}  test encode {encode_seconds:.1f} s", flush=True)
+                seconds[method].append(time.perf_counter() - began)
+                trained[method] = trainer, record
+        rows = [_evaluate(method, configs[method], *trained[method], seconds[method], x_test, reference_amd,
+                          device, progress)
+                for method in methods]
+        if "ae" in seconds:
+            for row in rows:  # each repeat's pair ran back to back: their ratio is steadier than either time
+                row["train_seconds_over_ae"] = float(np.median(np.divide(seconds[row["method"]], seconds["ae"])))
+        results += rows
     return {
         "benchmark": "data-efficiency",
         "dataset": data.name, "n_test": n_test, "latent_dim": latent_dim, "batch_size": batch_size,
         "optimizer": "rmsprop", "lr": lr, "seed": seed, "start": start, "encode_ahead": encode_ahead,
-        "repeat": repeat,
+        "repeat": repeat, "reference_amd": reference_amd,
         "machine": {**machine(), **device_record(device)},
         "results": results,
     }
+
+
+def _evaluate(method, config, trainer, record, seconds, x_test, reference_amd: bool, device, progress: bool) -> dict:
+    """One method's row: its training times and statistics, and the test loss of its last trained model."""
+    train_seconds = float(np.median(seconds))
+    began = time.perf_counter()
+    test_loss = trainer.evaluate(x_test)
+    synchronize(device)
+    encode_seconds = time.perf_counter() - began
+    row = {"method": method, "samples": record.samples, "test_loss": test_loss, "train_seconds": train_seconds,
+           "train_seconds_each": seconds,
+           "test_encode_seconds": encode_seconds, "train_mean_steps": record.mean_steps,
+           "train_mean_nfe": record.mean_nfe, "train_loss": record.train_loss,
+           "encode_options": trainer.config.flow_options(training=True) if config.is_gfe else None,
+           "test_encode_options": trainer.settings()["encode"]}
+    if config.is_gfe:
+        row["steps_over_training"] = _steps_over_training(trainer.batch_log)
+    if method == "gfe-amd" and reference_amd:  # the reference's own test encoding: AMD's gradient steps, to tau
+        reference = encode(trainer.decoder, x_test, **{**trainer.settings()["encode"], "step": "flow"})
+        row["test_loss_reference_amd"] = float(reference.loss.mean())
+        row["test_nfe_reference_amd"] = float(reference.nfe.float().mean())
+    if progress:
+        print(f"{method:>13} N={record.samples:<6} test BCE {test_loss:.4f}  train {train_seconds:7.2f} s (median)  "
+              f"steps/sample {record.mean_steps:6.1f}  test encode {encode_seconds:.1f} s", flush=True)
+    return row
 
 
 def add_parser(bench) -> None:
@@ -142,7 +158,12 @@ def add_parser(bench) -> None:
                    help="the GFE methods encode K batches per flow call (see 'gfe train --help')")
     q.add_argument("--repeat", type=int, default=1,
                    help="train each setting this many times (the runs are identical) and report the median "
-                        "training time and each one, as a shared machine's timings vary")
+                        "training time and each one, as a shared machine's timings vary; the repeats of all "
+                        "methods are interleaved, and each method's median time over the autoencoder's in the "
+                        "same repeat is reported when 'ae' is among the methods")
+    q.add_argument("--no-reference-amd", dest="reference_amd", action="store_false",
+                   help="skip re-encoding gfe-amd's test samples with the reference's AMD steps to tau = 1e4 "
+                        "(about 1,000 evaluations per sample: minutes for a well-trained decoder)")
     q.add_argument("--device", default="cpu", help=DEVICE_HELP)
     cli.add_result_options(q)
     q.set_defaults(run=_command)
@@ -151,5 +172,6 @@ def add_parser(bench) -> None:
 def _command(args) -> None:
     result = run(args.dataset, args.methods.split(","), args.samples, n_test=args.n_test,
                  encode_options=args.encode_options, start=args.start, encode_ahead=args.encode_ahead,
-                 repeat=args.repeat, device=args.device, progress=not args.quiet)
+                 repeat=args.repeat, reference_amd=args.reference_amd, device=args.device,
+                 progress=not args.quiet)
     cli.emit(result, args.json, args.quiet)
