@@ -14,6 +14,7 @@ import torch
 from ..errors import ConfigError
 from .active import ActiveSet, StopRule, begin, commit, integrate, step_sizes
 from .registry import SolverSpec, Tableau, register_solver
+from .runge_kutta import runge_kutta_step
 
 EULER: Tableau = (((0.0,),), (1.0,), (0.0,))
 RK4: Tableau = (
@@ -21,17 +22,6 @@ RK4: Tableau = (
     (1 / 6, 1 / 3, 1 / 3, 1 / 6),
     (0.0, 0.5, 0.5, 1.0),
 )
-
-
-def runge_kutta_step(rhs, t, y, h, tableau: Tableau, k1=None) -> torch.Tensor:
-    """`y + h Σ b_i k_i` with stages `k_i = rhs(t + c_i h, y + h Σ_j A_ij k_j)`, per sample
-    (`t`, `h` of shape (B,)); `k1`, if given, is the first stage already evaluated."""
-    a, b, c = tableau
-    h_ = h.to(y.dtype)[:, None]
-    k = [rhs(t, y) if k1 is None else k1]
-    for i in range(1, len(b)):
-        k.append(rhs(t + c[i] * h, y + h_ * sum(a[i][j] * k[j] for j in range(i) if a[i][j])))
-    return y + h_ * sum(bi * ki for bi, ki in zip(b, k) if bi)
 
 
 @dataclass(frozen=True)
