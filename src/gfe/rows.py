@@ -21,14 +21,34 @@ one or two intra-op threads; with more, a thread's share can end inside a row
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 BLOCK = 32  # elements per vectorised step of the widest kernels (two AVX-512 registers of float32)
 
 
+_padding = [True]
+
+
+@contextlib.contextmanager
+def padding(enabled: bool):
+    """Turn the padding off (or on) inside the block, to measure what it costs
+    (`gfe bench encode --padding-cost`); without it encodings depend on batch-mates
+    in their last bits, which flows can amplify."""
+    before = _padding[0]
+    _padding[0] = enabled
+    try:
+        yield
+    finally:
+        _padding[0] = before
+
+
 def block() -> int:
     """Rows to pad a batch to a multiple of: with two threads each thread's share of
     a padded tensor must itself be a whole number of vectorised steps."""
+    if not _padding[0]:
+        return 1
     return BLOCK if torch.get_num_threads() == 1 else 2 * BLOCK
 
 

@@ -27,6 +27,7 @@ from ..losses import Loss
 from ..models import MLPDecoder
 from ..objective import Objective
 from ..persist import load_model
+from ..rows import padding
 from ..samples import split
 from ..train import TrainConfig, Trainer
 from . import at_least, cli
@@ -85,9 +86,12 @@ def _matmul_gflops(size: int = 1024) -> float:
 
 
 def run(dataset: str, *, model=None, n: int = 10_000, batch: int = 4096, settings: dict | None = None,
-        seed: int = 0, refine_start: bool = False, repeat: int = 1, progress: bool = True) -> dict:
+        seed: int = 0, refine_start: bool = False, repeat: int = 1, padding_cost: bool = False,
+        progress: bool = True) -> dict:
     """`repeat` encodes with each setting that many times (identical results) and
-    reports the median time, since a shared machine's timings vary."""
+    reports the median time, since a shared machine's timings vary. `padding_cost`
+    interleaves each encode with one without the row-block padding that makes
+    encodings batch-invariant (`gfe.rows`) and reports the median time ratio."""
     at_least(1, n=n, batch=batch, repeat=repeat)
     if model is not None and refine_start:
         raise ConfigError("refine_start applies to the decoder this benchmark trains, not to a given model "
@@ -118,11 +122,16 @@ def run(dataset: str, *, model=None, n: int = 10_000, batch: int = 4096, setting
     best_loss = min(float(run_encode({**BEST, "start": start}).loss.mean()) for start in starts)
     rows = []
     for name, options in settings.items():
-        times = []
+        times, unpadded = [], []
         for _ in range(repeat):
             start = time.perf_counter()
             enc = run_encode(options, progress=progress)
             times.append(time.perf_counter() - start)
+            if padding_cost:
+                with padding(False):
+                    start = time.perf_counter()
+                    run_encode(options, progress=progress)
+                    unpadded.append(time.perf_counter() - start)
         seconds = float(np.median(times))
         evals = float(enc.nfe.sum())
         rows.append({
@@ -135,14 +144,18 @@ def run(dataset: str, *, model=None, n: int = 10_000, batch: int = 4096, setting
             "gflops": evals * flops_per_eval / seconds / 1e9,
             "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         })
+        if padding_cost:
+            rows[-1].update(unpadded_seconds_each=unpadded, padded_over_unpadded=seconds / float(np.median(unpadded)))
         if progress:
             r = rows[-1]
             print(f"{name:>44}: loss {r['mean_loss']:.5f} ({100 * r['loss_over_best']:+.2f}% of best), "
                   f"{r['mean_nfe']:7.1f} evals/sample (p95 {r['p95_nfe']:.0f}), {r['ms_per_sample']:.2f} ms/sample, "
-                  f"{100 * r['of_decoder_rate']:.0f}% of the decoder's rate", flush=True)
+                  f"{100 * r['of_decoder_rate']:.0f}% of the decoder's rate"
+                  + (f", {r['padded_over_unpadded']:.3f}× the unpadded time" if padding_cost else ""), flush=True)
     return {
         "benchmark": "encode", "dataset": data.name, "model": None if model is None else str(model),
         "refine_start": refine_start, "refine_start_seconds": refine_seconds, "repeat": repeat,
+        "padding_cost": padding_cost,
         "samples": len(x), "batch": batch, "decoder_parameters": params, "best_loss": best_loss,
         "best_options": BEST, "decoder_evals_per_second": decoder_rate,
         "decoder_gflops": decoder_rate * flops_per_eval / 1e9, "matmul_gflops": matmul,
@@ -169,6 +182,9 @@ def add_parser(bench) -> None:
                    help="run only the settings whose name contains TEXT, e.g. 'learned start'")
     q.add_argument("--repeat", type=int, default=1,
                    help="encode with each setting this many times (identical results) and report the median time")
+    q.add_argument("--padding-cost", action="store_true",
+                   help="also time each encode without the row-block padding that makes encodings bit-identical "
+                        "in any batch (gfe.rows), interleaved, and report the median time ratio")
     cli.add_result_options(q)
     q.set_defaults(run=_command)
 
@@ -181,5 +197,6 @@ def _command(args) -> None:
             raise ConfigError(f"no encode benchmark setting's name contains {args.only!r}; the settings are: "
                               + "; ".join(SETTINGS))
     result = run(args.dataset, model=args.model, n=args.n, batch=args.batch, settings=settings,
-                 refine_start=args.refine_start, repeat=args.repeat, progress=not args.quiet)
+                 refine_start=args.refine_start, repeat=args.repeat, padding_cost=args.padding_cost,
+                 progress=not args.quiet)
     cli.emit(result, args.json, args.quiet)
