@@ -237,7 +237,7 @@ def test_amd_every_accepted_step_lowers_the_loss(mlp64, data01, flow):
 @pytest.mark.parametrize("step", STEP_RULES)
 def test_amd_step_rules_lower_the_loss_at_every_accepted_step(mlp64, data01, step):
     losses = []
-    for k in range(10):
+    for k in range(8):  # BFGS steps bring a sample here to the loss's precision in 8 or 9 steps
         enc = gfe.encode(mlp64, data01, loss="bce", seed=0, alpha=10.0, gtol=0.0, max_steps=k, step=step)
         assert (enc.steps == k).all() and (enc.steps <= enc.nfe - 1).all()
         losses.append(enc.loss)
@@ -739,10 +739,9 @@ def test_objective_gradient_passes_gradcheck(mlp64, data01):
 
 # ------------------------------------------------------- float32 batch-mates
 @pytest.mark.parametrize(("flow", "step"), [("first", "flow"), ("first", "bfgs"), ("nesterov", "flow")])
-def test_float32_batch_mates_change_a_converged_encoding_only_by_rounding(flow, step):
-    """In float32, CPU matrix kernels round a row differently depending on its
-    position in the batch (about 1e-7 relative), so only float64 is bit-exact
-    (tests above); a converged float32 encoding still reaches the same loss."""
+def test_float32_batch_mates_do_not_change_an_encoding(flow, step):
+    """In float32 too, a sample's encoding is bit-identical alone and in any part of
+    the batch (row blocks, `gfe.rows`; more cases in test_batch_invariance.py)."""
     torch.manual_seed(0)
     decoder = gfe.MLPDecoder(6, (40,), hidden=(64, 128))
     x = torch.rand(14, 40)
@@ -751,5 +750,4 @@ def test_float32_batch_mates_change_a_converged_encoding_only_by_rounding(flow, 
     assert (full.status == Status.CONVERGED).all()
     for part in (slice(0, 1), slice(5, 7), slice(2, 5), slice(3, 12)):
         alone = gfe.encode(decoder, x[part], **opts)
-        assert (alone.status == Status.CONVERGED).all()
-        torch.testing.assert_close(alone.loss, full.loss[part], rtol=1e-4, atol=0)
+        assert torch.equal(alone.z, full.z[part]) and torch.equal(alone.loss, full.loss[part])

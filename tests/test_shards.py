@@ -83,6 +83,17 @@ def test_two_shards_equal_single_process_encoding_exactly(tmp_path, job):
     assert meta["input_sha256"] == single["input_sha256"] and meta["merged_from"]["shards"] == 2
 
 
+def test_shards_off_chunk_boundaries_equal_single_process_encoding_exactly(tmp_path, job):
+    """Three shards of one 14-sample chunk (the default chunk size): each sample is
+    encoded among other batch-mates than in one process, bit-identically."""
+    model, _, data, _ = job
+    assert gfe("encode", model, data, "-o", tmp_path / "single.h5") == 0
+    for index in range(3):
+        assert gfe("encode", model, data, "-o", tmp_path / "out", "--shard", f"{index}/3") == 0
+    assert gfe("merge", tmp_path / "out", "-o", tmp_path / "merged.h5") == 0
+    assert_same_arrays(tmp_path / "single.h5", tmp_path / "merged.h5")
+
+
 def test_torchrun_ranks_take_their_own_shards(tmp_path, job, monkeypatch):
     model, _, data, _ = job
     monkeypatch.setenv("WORLD_SIZE", "2")

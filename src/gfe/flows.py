@@ -45,6 +45,10 @@ class FirstOrderFlow:
     def restart(self, y: torch.Tensor) -> torch.Tensor:
         return y
 
+    def lyapunov(self, y: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
+        """A quantity that never increases along the exact flow: the energy itself."""
+        return energy
+
 
 class NesterovFlow:
     name = "nesterov"
@@ -81,6 +85,10 @@ class NesterovFlow:
     def restart(self, y: torch.Tensor) -> torch.Tensor:
         """Drop the momentum: the next step starts like the flow at `t = 0`."""
         return torch.cat([self.latent(y), torch.zeros_like(self.velocity(y))], dim=1)
+
+    def lyapunov(self, y: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
+        """`E + |v|²/(2α)`, which never increases along the exact flow: its rate is `-(3/t)|v|²/α`."""
+        return energy + self.velocity(y).square().sum(1) / (2 * self.alpha)
 
 
 def make_flow(name: str, latent_dim: int, alpha: float = 1.0):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from numbers import Integral
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -62,11 +63,28 @@ def _activation(name) -> type[nn.Module]:
     return ACTIVATIONS[name]
 
 
-def _mlp(sizes: list[int], activation: type[nn.Module]) -> nn.Sequential:
-    """Linear layers with `activation` between them and none after the last."""
+LATENT_COLUMNS = 16  # matrix products with at least this many columns round each row alike
+
+
+class LatentLinear(nn.Linear):
+    """A decoder's linear layer on the latent, padded so that its vector-Jacobian
+    product to the latent (a matrix product with `in_features` columns) does not
+    depend on a row's position in the batch: MKL rounds the rows of products with
+    fewer than 12 columns by position (see `gfe.rows`). The latent and the weight
+    get zero columns up to `LATENT_COLUMNS`; parameters are those of `nn.Linear`."""
+
+    def forward(self, z: Tensor) -> Tensor:
+        extra = LATENT_COLUMNS - self.in_features
+        if extra <= 0:
+            return super().forward(z)
+        return F.linear(F.pad(z, (0, extra)), F.pad(self.weight, (0, extra)), self.bias)
+
+
+def _mlp(sizes: list[int], activation: type[nn.Module], first: type[nn.Linear] = nn.Linear) -> nn.Sequential:
+    """Linear layers (the first of type `first`) with `activation` between them and none after the last."""
     layers: list[nn.Module] = []
-    for n_in, n_out in zip(sizes, sizes[1:]):
-        layers += [nn.Linear(n_in, n_out), activation()]
+    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+        layers += [(first if i == 0 else nn.Linear)(n_in, n_out), activation()]
     return nn.Sequential(*layers[:-1])
 
 
@@ -94,7 +112,7 @@ class MLPDecoder(_Configurable):
         self.out_shape = _int_tuple("out_shape", out_shape)
         self.hidden = _int_tuple("hidden", hidden, allow_empty=True)
         sizes = [self.latent_dim, *self.hidden, math.prod(self.out_shape)]
-        self.net = _mlp(sizes, _activation(activation))
+        self.net = _mlp(sizes, _activation(activation), LatentLinear)
         self._remember(latent_dim=self.latent_dim, out_shape=list(self.out_shape),
                        hidden=list(self.hidden), activation=activation)
 
@@ -126,8 +144,8 @@ class PCAMLPDecoder(_Configurable):
         self.out_shape = _int_tuple("out_shape", out_shape)
         self.hidden = _int_tuple("hidden", hidden)
         features = math.prod(self.out_shape)
-        self.linear = nn.Linear(self.latent_dim, features)
-        self.residual = _mlp([self.latent_dim, *self.hidden, features], _activation(activation))
+        self.linear = LatentLinear(self.latent_dim, features)
+        self.residual = _mlp([self.latent_dim, *self.hidden, features], _activation(activation), LatentLinear)
         nn.init.zeros_(self.residual[-1].weight)
         nn.init.zeros_(self.residual[-1].bias)
         self._remember(latent_dim=self.latent_dim, out_shape=list(self.out_shape),
@@ -225,7 +243,7 @@ class _ConvDecoder(_Configurable):
         data_channels, spatial, self._seed = _conv_layout(
             "out_shape", self.out_shape, self.dims, len(self.channels) - 1)
         self._crop = (Ellipsis, *(slice(0, n) for n in spatial))
-        self.project = nn.Linear(self.latent_dim, self.channels[0] * math.prod(self._seed))
+        self.project = LatentLinear(self.latent_dim, self.channels[0] * math.prod(self._seed))
         layers: list[nn.Module] = [act()]
         for c_in, c_out in zip(self.channels, self.channels[1:]):
             layers += [nn.Upsample(scale_factor=2, mode="nearest"),

@@ -2,7 +2,9 @@
 
 One evaluation is one decoder forward plus one vector-Jacobian product to `z`.
 Because the decoder acts on each row independently and the loss is reduced per
-sample, the gradient of the summed energy is each sample's own gradient.
+sample, the gradient of the summed energy is each sample's own gradient. Batches
+are evaluated in whole blocks of rows (`gfe.rows`), so each row's energy and
+gradient are bit-identical whatever batch it is in.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import torch
 from torch import nn
 
 from .losses import Loss
+from .rows import rowwise
 
 
 class Objective:
@@ -22,15 +25,25 @@ class Objective:
 
     def value(self, z: torch.Tensor, x: torch.Tensor, weights=None) -> torch.Tensor:
         with torch.no_grad():
-            return self.loss(self.decoder(z), x, z, weights)
+            return self._rowwise(lambda z, x, w: self.loss(self.decoder(z), x, z, w), z, x, weights)
 
     def value_and_grad(self, z: torch.Tensor, x: torch.Tensor, weights=None):
         """Return `(E, ∇E)` per sample, shapes (B,) and (B, d)."""
+        return self._rowwise(self._value_and_grad, z, x, weights)
+
+    def _value_and_grad(self, z, x, weights):
         with torch.enable_grad():
             z = z.detach().requires_grad_(True)
             energy = self.loss(self.decoder(z), x, z, weights)
             (grad,) = torch.autograd.grad(energy.sum(), z)
         return energy.detach(), grad
+
+    @staticmethod
+    def _rowwise(fn, z, x, weights):
+        """`fn(z, x, weights)` in whole blocks of rows; feature-shaped weights are shared, not padded."""
+        if weights is None or weights.dim() == x.dim():
+            return rowwise(fn, z, x, weights)
+        return rowwise(lambda z, x: fn(z, x, weights), z, x)
 
     def mean_hessian(self, z: torch.Tensor, x: torch.Tensor, weights=None, *, rel_step: float = 1e-2) -> torch.Tensor:
         """The Hessian of E averaged over the rows of `z` (float64, symmetrised), by

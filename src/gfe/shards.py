@@ -9,13 +9,10 @@ killed run, re-run with the same arguments, encodes only the missing shards. A
 folder whose manifest describes another model, input or settings is refused
 before anything is written.
 
-Encodings are per sample, but CPU matrix kernels round differently for
-different numbers of rows, and the flow's step decisions can amplify that on
-samples that do not converge. So shard boundaries are put on the encoder's
-chunk boundaries (`chunk_size` samples, one solver call each) whenever there
-are at least as many chunks as shards: every solver call then sees the same
-samples as in one process, and merged shards equal a single-process encoding
-bit for bit. With fewer chunks than shards they agree up to rounding.
+Encodings are per sample and bit-identical in any batch (`gfe.rows`), so merged
+shards equal a single-process encoding bit for bit. Shard boundaries are put on
+the encoder's chunk boundaries (`chunk_size` samples, one solver call each)
+whenever there are at least as many chunks as shards, so shards hold whole chunks.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from ..losses import Loss
 from ..models import MLPDecoder
 from ..objective import Objective
 from ..persist import load_model
+from ..rows import padding
 from ..samples import split
 from ..train import TrainConfig, Trainer
 from . import at_least, cli
@@ -130,12 +131,15 @@ def _matmul_gflops(device: torch.device, size: int = 1024) -> float:
 
 
 def run(dataset: str, *, model=None, n: int = 10_000, batch: int = 4096, settings: dict | None = None,
-        seed: int = 0, refine_start: bool = False, repeat: int = 1, device="cpu", progress: bool = True) -> dict:
+        seed: int = 0, refine_start: bool = False, repeat: int = 1, padding_cost: bool = False, device="cpu",
+        progress: bool = True) -> dict:
     """`model` is a model directory or a list of them (each benchmarked on the
     same samples), or None for the protocol's decoder trained here (on the CPU,
     the same one whatever `device`). Encoding runs on `device`. `repeat`
     encodes with each setting that many times (identical results) and reports
-    the median time, since a shared machine's timings vary."""
+    the median time, since a shared machine's timings vary. `padding_cost`
+    interleaves each encode with one without the row-block padding that makes
+    encodings batch-invariant (`gfe.rows`) and reports the median time ratio."""
     at_least(1, n=n, batch=batch, repeat=repeat)
     device = resolve_device(device)
     models = [model] if model is None or isinstance(model, (str, Path)) else list(model)
@@ -143,14 +147,17 @@ def run(dataset: str, *, model=None, n: int = 10_000, batch: int = 4096, setting
         raise ConfigError("refine_start applies to the decoder this benchmark trains, not to a given model "
                           "(train that with 'gfe train --refine-start')")
     blocks = [_run_model(dataset, m, n=n, batch=batch, settings=SETTINGS if settings is None else settings,
-                         seed=seed, refine_start=refine_start, repeat=repeat, device=device, progress=progress)
+                         seed=seed, refine_start=refine_start, repeat=repeat, padding_cost=padding_cost,
+                         device=device, progress=progress)
               for m in models]
     return {"benchmark": "encode", "dataset": dataset, "refine_start": refine_start, "repeat": repeat, "batch": batch,
+            "padding_cost": padding_cost,
             "best_options": BEST, "matmul_gflops": _matmul_gflops(device),
             "machine": {**machine(), **device_record(device)}, "models": blocks}
 
 
-def _run_model(dataset: str, model, *, n, batch, settings, seed, refine_start, repeat, device, progress) -> dict:
+def _run_model(dataset: str, model, *, n, batch, settings, seed, refine_start, repeat, padding_cost, device,
+               progress) -> dict:
     """One decoder's block of `run`'s result."""
     cli_against_estimator = None
     if model is None:
@@ -184,13 +191,18 @@ def _run_model(dataset: str, model, *, n, batch, settings, seed, refine_start, r
     best_loss = min(float(run_encode({**BEST, "start": start}).loss.mean()) for start in starts)
     rows = []
     for name, options in settings.items():
-        times = []
+        times, unpadded = [], []
         for _ in range(repeat):
             synchronize(device)
             start = time.perf_counter()
             enc = run_encode(options, progress=progress)
             synchronize(device)
             times.append(time.perf_counter() - start)
+            if padding_cost:
+                with padding(False):
+                    start = time.perf_counter()
+                    run_encode(options, progress=progress)
+                    unpadded.append(time.perf_counter() - start)
         seconds = float(np.median(times))
         evals = float(enc.nfe.sum())
         rows.append({
@@ -203,11 +215,14 @@ def _run_model(dataset: str, model, *, n, batch, settings, seed, refine_start, r
             "gflops": evals * flops_per_eval / seconds / 1e9,
             "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         })
+        if padding_cost:
+            rows[-1].update(unpadded_seconds_each=unpadded, padded_over_unpadded=seconds / float(np.median(unpadded)))
         if progress:
             r = rows[-1]
             print(f"{name:>44}: loss {r['mean_loss']:.5f} ({100 * r['loss_over_best']:+.2f}% of best), "
                   f"{r['mean_nfe']:7.1f} evals/sample (p95 {r['p95_nfe']:.0f}), {r['ms_per_sample']:.2f} ms/sample, "
-                  f"{100 * r['of_decoder_rate']:.0f}% of the decoder's rate", flush=True)
+                  f"{100 * r['of_decoder_rate']:.0f}% of the decoder's rate"
+                  + (f", {r['padded_over_unpadded']:.3f}× the unpadded time" if padding_cost else ""), flush=True)
     if progress and cli_against_estimator is not None:
         ms = cli_against_estimator["ms_per_sample"]
         print(f"{'gfe encode vs GFE.transform':>44}: {ms['gfe_encode']:.2f} vs {ms['transform']:.2f} ms/sample "
@@ -245,6 +260,9 @@ def add_parser(bench) -> None:
                    help="encode with each setting this many times (identical results) and report the median time")
     q.add_argument("--device", default="cpu", help=DEVICE_HELP + "; the decoder this benchmark trains is trained "
                                                                "on the CPU either way")
+    q.add_argument("--padding-cost", action="store_true",
+                   help="also time each encode without the row-block padding that makes encodings bit-identical "
+                        "in any batch (gfe.rows), interleaved, and report the median time ratio")
     cli.add_result_options(q)
     q.set_defaults(run=_command)
 
@@ -257,5 +275,6 @@ def _command(args) -> None:
             raise ConfigError(f"no encode benchmark setting's name contains {args.only!r}; the settings are: "
                               + "; ".join(SETTINGS))
     result = run(args.dataset, model=args.model, n=args.n, batch=args.batch, settings=settings,
-                 refine_start=args.refine_start, repeat=args.repeat, device=args.device, progress=not args.quiet)
+                 refine_start=args.refine_start, repeat=args.repeat, padding_cost=args.padding_cost,
+                 device=args.device, progress=not args.quiet)
     cli.emit(result, args.json, args.quiet)

@@ -7,9 +7,10 @@ names to their `SolverSpec`s.
 
 from .active import Results, StopRule
 from .amd import AMDOptions, solve_amd  # isort: skip (registration order: AMD, the fixed grids, dopri5, baselines)
-from .fixed import FixedStepOptions, runge_kutta_step, solve_fixed  # isort: skip
+from .fixed import FixedStepOptions, solve_fixed  # isort: skip
 from .adaptive import Dopri5Options, solve_dopri5  # isort: skip
 from .latent_opt import AdamOptions, LBFGSOptions, solve_adam, solve_lbfgs
+from .runge_kutta import runge_kutta_step
 from .registry import SOLVERS, NoOptions, SolverSpec, register_solver, solver_spec
 from .status import Status
 

@@ -1,10 +1,12 @@
 """Dormand-Prince 5(4) with per-sample error control.
 
-The Runge-Kutta step itself (tableau, stages, embedded error estimate) is
-torchode's. The loop around it is ours: torchode's own loop keeps evaluating
-samples that have finished and stops the whole batch when one sample fails,
-whereas here each sample has its own step size, its own accept/reject decisions
-and its own end, and finished samples leave the batch.
+The tableau and its embedded error weights are torchode's. The step and the loop
+are ours: torchode combines the stages with matrix products (`einsum`), which
+round a sample by its position in the batch, and its loop keeps evaluating
+samples that have finished and stops the whole batch when one sample fails.
+Here stages are combined element-wise (`runge_kutta_stages`), each sample has
+its own step size, accept/reject decisions and end, and finished samples leave
+the batch, so a sample's result is bit-identical in any batch.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
+from ..rows import rowwise
 from .active import ActiveSet, StopRule, begin, commit, integrate, pending, step_sizes
 from .registry import SolverSpec, Tableau, register_solver
+from .runge_kutta import combine, runge_kutta_stages
 from .status import Status
 
 SAFETY, FACTOR_MIN, FACTOR_MAX = 0.9, 0.2, 10.0
@@ -56,11 +60,8 @@ class Dopri5Options:
 def solve_dopri5(objective, flow, x, weights, y0, rule: StopRule, options: Dopri5Options = Dopri5Options(),
                  trajectory=None):
     """Integrate to tau with local error per sample below `atol + rtol·|y|`."""
-    torchode = _torchode()
-    from torchode.single_step_methods.runge_kutta import ERKState
-
     rtol, atol, dt0, max_rejects = options.rtol, options.atol, options.dt0, options.max_rejects
-    method = torchode.Dopri5()
+    tableau, error_weights = dopri5_tableau(), _error_weights()
     active = begin(objective, flow, x, weights, y0, trajectory)
     last_eval = {}
 
@@ -69,30 +70,26 @@ def solve_dopri5(objective, flow, x, weights, y0, rule: StopRule, options: Dopri
         last_eval.update(loss=loss, grad=grad)
         return flow.field(t, y, grad)
 
-    term = torchode.ODETerm(rhs, with_stats=False)
     f0 = flow.field(active.t, active.y, active.grad)
     active.f = f0
     active.rejects = torch.zeros_like(active.steps)
     active.h = _initial_step(rhs, active, f0, rtol, atol) if dt0 is None else torch.full_like(active.t, dt0)
     active.nfe = active.nfe + (1 if dt0 is None else 0)
-    tableau = method.tableau.to(y0.device, torch.float64, y0.dtype)
 
     def step(active: ActiveSet) -> None:
         h = step_sizes(active, active.h, rule)
-        running = torch.ones_like(active.rows, dtype=torch.bool)
-        result, _, state, _ = method.step(
-            term, running, active.y, active.t, h, ERKState(tableau, active.f), stats={}, args=None
-        )
-        active.nfe = active.nfe + tableau.n_stages - 1  # first stage reused (FSAL)
-        y_new, loss, grad = result.y, last_eval["loss"], last_eval["grad"]
+        y_new, stages = runge_kutta_stages(rhs, active.t, active.y, h, tableau, active.f)
+        stages.append(rhs(active.t + h, y_new))  # the last stage, at y_new: the next step's first (FSAL)
+        active.nfe = active.nfe + len(stages) - 1
+        loss, grad = last_eval["loss"], last_eval["grad"]
         scale = atol + rtol * torch.maximum(active.y.abs(), y_new.abs())
-        error = _rms(result.error_estimate / scale)
+        error = _rms(h.to(y_new.dtype)[:, None] * combine(error_weights, stages) / scale)
         finite = torch.isfinite(error) & torch.isfinite(loss) & torch.isfinite(grad).all(1)
         accept = finite & (error <= 1.0)
-        factor = (SAFETY * error.clamp_min(1e-10) ** -0.2).clamp(FACTOR_MIN, FACTOR_MAX)
+        factor = (SAFETY * _power(error.clamp_min(1e-10), -0.2)).clamp(FACTOR_MIN, FACTOR_MAX)
         factor = torch.where(finite, factor, FACTOR_MIN).to(h.dtype)
         commit(active, accept, y_new, loss, grad, h)
-        active.f = torch.where(accept[:, None], state.prev_vf1, active.f)
+        active.f = torch.where(accept[:, None], stages[-1], active.f)
         active.h = h * torch.where(accept, factor, factor.clamp(max=1.0))
         active.rejects = torch.where(accept, 0, active.rejects + 1)
         active.nonfinite = ~finite & (active.rejects > max_rejects)
@@ -117,8 +114,20 @@ def _initial_step(rhs, active: ActiveSet, f0, rtol, atol) -> torch.Tensor:
     f1 = rhs(active.t + h0, y0 + h0.to(y0.dtype)[:, None] * f0)
     d2 = _rms((f1 - f0) / scale) / h0.to(y0.dtype)
     dmax = torch.maximum(d1, d2).to(torch.float64)
-    h1 = torch.where(dmax <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6), (0.01 / dmax.clamp_min(1e-30)) ** 0.2)
+    h1 = torch.where(dmax <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6), _power(0.01 / dmax.clamp_min(1e-30), 0.2))
     return torch.minimum(100 * h0, h1)
+
+
+def _power(v: torch.Tensor, exponent: float) -> torch.Tensor:
+    """`v ** exponent` per sample, in whole blocks of rows: a vectorised power and
+    its scalar tail round differently (`gfe.rows`)."""
+    return rowwise(lambda w: w**exponent, v)
+
+
+@functools.cache
+def _error_weights() -> tuple[float, ...]:
+    """torchode's weights of the embedded error estimate, one per stage (7)."""
+    return tuple(map(float, _torchode().Dopri5().tableau.b_err.tolist()))
 
 
 @functools.cache

@@ -92,7 +92,7 @@ def solve_amd(objective, flow, x, weights, y0, rule: StopRule, options: AMDOptio
 
     def trial(active: ActiveSet, h: torch.Tensor) -> torch.Tensor:
         if o.step == "bfgs":
-            return active.y - h[:, None] * torch.bmm(active.metric, active.grad[:, :, None])[:, :, 0]
+            return active.y - h[:, None] * _times(active.metric, active.grad)
         return flow.descent_step(active.y, active.grad, active.clock.to(active.y.dtype), h)
 
     def step(active: ActiveSet) -> None:
@@ -142,7 +142,7 @@ def solve_amd(objective, flow, x, weights, y0, rule: StopRule, options: AMDOptio
     def at_precision(active: ActiveSet) -> torch.Tensor:
         """Even the longest step's predicted decrease is below the loss's rounding error."""
         if o.step == "bfgs":
-            predicted = (active.grad * torch.bmm(active.metric, active.grad[:, :, None])[:, :, 0]).sum(1)
+            predicted = (active.grad * _times(active.metric, active.grad)).sum(1)
         else:
             predicted = o.h_max * flow.alpha * active.grad.square().sum(1)
         return predicted <= RESOLUTION * torch.finfo(active.loss.dtype).eps * active.loss.abs()
@@ -171,6 +171,12 @@ def _check_metric(metric: torch.Tensor, step: str) -> None:
         raise ConfigError("metric0 must be finite and symmetric")
     if int(torch.linalg.cholesky_ex(m)[1]) != 0:
         raise ConfigError("metric0 must be positive definite")
+
+
+def _times(metric: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Each sample's `metric @ v`, as products summed per row: a batched matrix-vector
+    product rounds a batch of one differently from larger batches (`gfe.rows`)."""
+    return (metric * v[:, None, :]).sum(2)
 
 
 def _bfgs_update(metric, s, y, sy, update, fresh):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
+from ..rows import rowwise
 from .active import ActiveSet, StopRule, begin, commit, integrate, pending
 from .registry import SolverSpec, register_solver
 from .status import Status
@@ -67,7 +68,9 @@ def solve_adam(objective, flow, x, weights, y0, rule: StopRule, options: AdamOpt
         k = (active.steps + 1).to(active.y.dtype)[:, None]
         m = o.beta1 * active.m + (1 - o.beta1) * active.grad
         v = o.beta2 * active.v + (1 - o.beta2) * active.grad.square()
-        update = (m / (1 - o.beta1**k)) / ((v / (1 - o.beta2**k)).sqrt() + o.eps)
+        # powers in whole blocks of rows: a vectorised power and its scalar tail round differently
+        bias1, bias2 = rowwise(lambda k: (1 - o.beta1**k, 1 - o.beta2**k), k)
+        update = (m / bias1) / ((v / bias2).sqrt() + o.eps)
         y = active.y - o.lr * update
         loss, grad, finite = _evaluate(objective, active, y)
         commit(active, finite, y, loss, grad, torch.full_like(active.t, o.lr))

@@ -9,6 +9,7 @@ class Status(IntEnum):
     STEP_BUDGET = 2  # max_steps accepted steps taken
     STALLED = 3  # AMD found no step that lowers the loss
     NON_FINITE = 4  # the loss or the state became NaN/inf; the last finite state is kept
+    DIVERGED = 5  # a fixed-step flow went unstable (its energy rose); the last state before is kept
 
     @property
     def label(self) -> str:
