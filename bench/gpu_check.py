@@ -8,7 +8,8 @@ Run from the repository root (the package is not installed there):
 
 It writes at most 8 files into --out: gpu_check.log (every step's output),
 summary.json (each step's status and seconds, the ratios), encode-DEVICE.json,
-data-efficiency-DEVICE.json (for the GPU and the CPU) and invariance.json. A
+data-efficiency-DEVICE.json (for the GPU and the CPU), invariance.json and, with
+--spectra, encode-spectra-DEVICE.json (the GPU only). A
 step that fails or runs out of its time is recorded and the next one runs;
 all steps together stay within --budget seconds (the CPU benchmarks run last).
 Dry-run it without a GPU with --device cpu (the GPU tests are then skipped).
@@ -106,6 +107,9 @@ def main() -> None:
     parser.add_argument("--encode-n", type=int, default=1000, help="images each encode setting encodes")
     parser.add_argument("--samples", default="1000", help="data-efficiency training sizes")
     parser.add_argument("--invariance-n", type=int, default=256, help="images of the invariance check")
+    parser.add_argument("--spectra", help="a spectra file (.npy) to encode with each --spectra-model")
+    parser.add_argument("--spectra-model", action="append", default=[],
+                        help="a model trained on such spectra (gfe train), benchmarked with 'bench encode'")
     parser.add_argument("--budget", type=float, default=420, help="seconds for all steps; later ones are skipped")
     args = parser.parse_args()
     deadline = time.monotonic() + args.budget
@@ -132,6 +136,12 @@ def main() -> None:
         step(log, summary, "gpu tests", [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-x", "-rs",
                                          "-q", *GPU_TESTS], 150, deadline)
         benchmarks(device)
+        if args.spectra and args.spectra_model:  # on the device only: files back are few (8)
+            models = [a for m in args.spectra_model for a in ("--model", m)]
+            step(log, summary, f"encode spectra {device}",
+                 [*bench, "encode", "--dataset", args.spectra, *models, "--n", "400", "--only", "learned start",
+                  "--repeat", "3", "--device", device, "--quiet", "--json",
+                  str(args.out / f"encode-spectra-{device}.json")], 150, deadline)
         began = time.monotonic()
         try:
             found = invariance(args.data, torch.device(device), args.invariance_n)
