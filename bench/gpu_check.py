@@ -126,7 +126,7 @@ def main() -> None:
               "learned start", "--device", on, "--quiet", "--json", str(args.out / f"encode-{on}.json")], 120, deadline)
         step(log, summary, f"data-efficiency {on}",
              [*bench, "data-efficiency", "--dataset", mnist, "--samples", args.samples, "--methods", "gfe-amd,ae",
-              "--encode-ahead", "16", "--n-test", "500", "--device", on, "--quiet", "--json",
+              "--encode-ahead", "16", "--n-test", "500", "--no-reference-amd", "--device", on, "--quiet", "--json",
               str(args.out / f"data-efficiency-{on}.json")], 120, deadline)
 
     with open(args.out / "gpu_check.log", "w") as log:
