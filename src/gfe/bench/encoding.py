@@ -85,10 +85,12 @@ def _model_samples(model, dataset: str, n: int):
         return loaded, raw, x, inputs.mask, samples.on_disk.axis
 
 
-def _cli_against_estimator(model, raw, x, axis, repeat: int, device: torch.device) -> dict:
+def _cli_against_estimator(model, raw, axis, repeat: int, device: torch.device) -> dict:
     """Seconds of `gfe encode` (`workflows.encode_file`: read, prepare, encode and
-    write the raw samples) and of `gfe.GFE.load(model).transform` on the prepared
-    samples, repeats interleaved; `transform_over_encode` is the ratio of medians."""
+    write the raw samples) and of `gfe.GFE.load(model).transform` on the same raw
+    samples (which it prepares as `gfe encode` does), repeats interleaved;
+    `transform_over_encode` is the ratio of medians; `latents_equal`, whether the
+    two gave bit-identical latents."""
     from ..estimator import GFE  # here: scikit-learn takes seconds to import, which `gfe --help` need not
     from ..workflows import encode_file
 
@@ -100,13 +102,14 @@ def _cli_against_estimator(model, raw, x, axis, repeat: int, device: torch.devic
         for _ in range(repeat):
             for name, call in (("gfe_encode", lambda: encode_file(model, data, Path(folder) / "z.npy", quiet=True,
                                                                        device=device)),
-                               ("transform", lambda: estimator.transform(x.reshape(len(x), -1)))):
+                               ("transform", lambda: estimator.transform(raw.reshape(len(raw), -1)))):
                 start = time.perf_counter()
                 call()
                 times[name].append(time.perf_counter() - start)
+        equal = np.array_equal(np.load(Path(folder) / "z.npy"), estimator.transform(raw.reshape(len(raw), -1)))
     medians = {name: float(np.median(t)) for name, t in times.items()}
-    return {"samples": len(x), "seconds_each": times, "seconds": medians,
-            "ms_per_sample": {name: 1e3 * t / len(x) for name, t in medians.items()},
+    return {"samples": len(raw), "latents_equal": equal, "seconds_each": times, "seconds": medians,
+            "ms_per_sample": {name: 1e3 * t / len(raw) for name, t in medians.items()},
             "transform_over_encode": medians["transform"] / medians["gfe_encode"]}
 
 
@@ -167,7 +170,7 @@ def _run_model(dataset: str, model, *, n, batch, settings, seed, refine_start, r
         loaded, raw, x, weights, axis = _model_samples(model, dataset, n)
         decoder, start_map, refine_seconds = loaded.decoder, loaded.start, None
         loss_name = EncodeSettings.of_model(loaded).loss
-        cli_against_estimator = _cli_against_estimator(model, raw, x, axis, repeat, device)
+        cli_against_estimator = _cli_against_estimator(model, raw, axis, repeat, device)
     decoder.eval().to(device)
     start_map = None if start_map is None else start_map.to(device)
     if start_map is None:  # a model without a start map: only the settings from z0 = 0
@@ -226,7 +229,8 @@ def _run_model(dataset: str, model, *, n, batch, settings, seed, refine_start, r
     if progress and cli_against_estimator is not None:
         ms = cli_against_estimator["ms_per_sample"]
         print(f"{'gfe encode vs GFE.transform':>44}: {ms['gfe_encode']:.2f} vs {ms['transform']:.2f} ms/sample "
-              f"(ratio {cli_against_estimator['transform_over_encode']:.2f})", flush=True)
+              f"(ratio {cli_against_estimator['transform_over_encode']:.2f}; latents "
+              f"{'bit-identical' if cli_against_estimator['latents_equal'] else 'differ'})", flush=True)
     return {
         "model": None if model is None else str(model), "decoder": decoder.config()["type"],
         "decoder_config": decoder.config(), "loss": loss_name, "refine_start_seconds": refine_seconds,
