@@ -112,7 +112,7 @@ class FlowEncoder:
                 f"got tau={tau}, chunk_size={chunk_size}, max_steps={max_steps}, gtol={gtol}, ftol={ftol}"
             )
         self.decoder = decoder
-        self.loss = loss if isinstance(loss, Loss) else Loss(loss, penalty, penalty_weight)
+        self.loss = Loss.of(loss, penalty, penalty_weight)
         self.flow = make_flow(flow, decoder.latent_dim, alpha)
         self.rule = StopRule(tau=tau, max_steps=max_steps, gtol=gtol, ftol=ftol)
         self.objective = Objective(decoder, self.loss)

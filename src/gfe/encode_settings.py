@@ -60,9 +60,8 @@ class EncodeSettings:
     @property
     def loss_function(self) -> Loss:
         """The loss and latent penalty the flow descends."""
-        loss = self.options.get("loss", "bce")
-        return loss if isinstance(loss, Loss) else Loss(loss, self.options.get("penalty"),
-                                                        self.options.get("penalty_weight", 0.0))
+        return Loss.of(self.options.get("loss", "bce"), self.options.get("penalty"),
+                       self.options.get("penalty_weight", 0.0))
 
     @property
     def chunk_size(self) -> int:

@@ -92,6 +92,11 @@ class Loss:
     penalty: str | None = None
     penalty_weight: float = 0.0
 
+    @classmethod
+    def of(cls, loss: "str | Loss", penalty: str | None = None, penalty_weight: float = 0.0) -> "Loss":
+        """`loss` itself if it is a `Loss`, else the named loss with this latent penalty."""
+        return loss if isinstance(loss, Loss) else cls(loss, penalty, penalty_weight)
+
     def __post_init__(self):
         loss_spec(self.name)
         if self.penalty is not None and self.penalty not in PENALTIES:
